@@ -1,0 +1,67 @@
+//! Subject names of contract §1, and which event type each inbound subject carries.
+
+/// The prefix of every subject the project uses.
+pub const PREFIX: &str = "truebit.";
+
+pub const TASKS_RECEIVED: &str = "truebit.tasks.received";
+pub const TASKS_COMPLETED: &str = "truebit.tasks.completed";
+pub const HEARTBEAT: &str = "truebit.heartbeat";
+pub const INVOICES_CREATED: &str = "truebit.invoices.created";
+pub const NODES_JOINED: &str = "truebit.nodes.joined";
+pub const NODES_LEFT: &str = "truebit.nodes.left";
+/// Operator events (the key registry of contract §7), in the same total order as node events.
+pub const ADMIN: &str = "truebit.admin.>";
+
+/// The network snapshot, published every interval.
+pub const STATS_AGGREGATED: &str = "truebit.stats.aggregated";
+/// Request-reply: `stats` asks a running `serve` for a snapshot here.
+pub const STATS_QUERY: &str = "truebit.stats.query";
+/// Dead letters go to `truebit.dlq.<reason>`.
+pub const DLQ_PREFIX: &str = "truebit.dlq.";
+
+/// The six inbound node subjects.
+pub const INBOUND: [&str; 6] = [
+    TASKS_RECEIVED,
+    TASKS_COMPLETED,
+    HEARTBEAT,
+    INVOICES_CREATED,
+    NODES_JOINED,
+    NODES_LEFT,
+];
+
+/// The `type` field each inbound subject must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    TaskReceived,
+    TaskCompleted,
+    Heartbeat,
+    InvoiceCreated,
+    NodeJoined,
+    NodeLeft,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::TaskReceived => "task_received",
+            EventType::TaskCompleted => "task_completed",
+            EventType::Heartbeat => "heartbeat",
+            EventType::InvoiceCreated => "invoice_created",
+            EventType::NodeJoined => "node_joined",
+            EventType::NodeLeft => "node_left",
+        }
+    }
+}
+
+/// The event type an inbound subject carries; `None` for any other subject.
+pub fn event_type(subject: &str) -> Option<EventType> {
+    Some(match subject {
+        TASKS_RECEIVED => EventType::TaskReceived,
+        TASKS_COMPLETED => EventType::TaskCompleted,
+        HEARTBEAT => EventType::Heartbeat,
+        INVOICES_CREATED => EventType::InvoiceCreated,
+        NODES_JOINED => EventType::NodeJoined,
+        NODES_LEFT => EventType::NodeLeft,
+        _ => return None,
+    })
+}

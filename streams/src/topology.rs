@@ -1,0 +1,340 @@
+//! Contract §2: the JetStream streams, consumer and KV bucket, created idempotently.
+//!
+//! Every config is written out in full here rather than taken from a client default, so that what
+//! the aggregator asks of JetStream is readable in one place and the same on every server version.
+//! The KV bucket's backing stream in particular is created by hand: async-nats's
+//! `create_key_value` first parses the account info, which the `nats-server` 2.9 that Debian ships
+//! answers in a shape it rejects.
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType, Stream};
+use async_nats::jetstream::{self, kv, Context};
+use std::time::Duration;
+
+use crate::subjects;
+
+pub const EVENTS_STREAM: &str = "TRUEBIT_EVENTS";
+pub const DLQ_STREAM: &str = "TRUEBIT_DLQ";
+pub const CONSUMER: &str = "aggregator";
+pub const STATS_BUCKET: &str = "truebit-stats";
+
+/// JetStream refuses messages above this size outright; between [`crate::MAX_PAYLOAD`] and this,
+/// they are stored and then dead-lettered as `too_large`, so that the operator sees them.
+pub const MAX_STORED_MESSAGE: i32 = 64 * 1024;
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How far a durable consumer may lag the database before it is recreated at the database's
+/// position rather than left to redeliver what was already folded.
+const MAX_REDELIVERY_TO_SKIP: u64 = 10_000;
+
+/// The settings of the topology that come from the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyConfig {
+    /// Replicas of every stream: 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
+    /// How long raw events are kept; zero keeps them forever, so that `replay` can rebuild all.
+    pub events_max_age: Duration,
+    /// How long dead letters are kept.
+    pub dlq_max_age: Duration,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        TopologyConfig {
+            replicas: 1,
+            events_max_age: Duration::ZERO,
+            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Handles on the topology, once it exists.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub events: Stream,
+    pub dlq: Stream,
+    pub stats: kv::Store,
+}
+
+/// Why the topology could not be made as the contract wants it.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("stream {stream} exists with {setting} = {have}, but the aggregator needs {want}, and JetStream cannot change that setting in place; move its data elsewhere and delete the stream (nats stream rm {stream}), or point the aggregator at another server")]
+    Immutable {
+        stream: String,
+        setting: &'static str,
+        have: String,
+        want: String,
+    },
+    #[error("stream {stream} exists with other settings ({settings}) and JetStream refused to update it: {source}; update it by hand or delete it")]
+    Update {
+        stream: String,
+        settings: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("JetStream did not answer {what}: {source}; check that the server runs with JetStream enabled (-js) and that this user may use it")]
+    JetStream {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+impl TopologyError {
+    fn js(what: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
+        TopologyError::JetStream {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// `TRUEBIT_EVENTS`: the record of everything nodes and operators said.
+pub fn events_stream_config(cfg: &TopologyConfig) -> Config {
+    let mut subjects: Vec<String> = subjects::INBOUND.iter().map(|s| s.to_string()).collect();
+    subjects.push(subjects::ADMIN.to_string());
+    Config {
+        name: EVENTS_STREAM.to_string(),
+        description: Some(
+            "TrueBit federation events: the record every aggregate is derived from".into(),
+        ),
+        subjects,
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: cfg.events_max_age,
+        max_message_size: MAX_STORED_MESSAGE,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// `TRUEBIT_DLQ`: every rejected message, with its reason in the headers.
+pub fn dlq_stream_config(cfg: &TopologyConfig) -> Config {
+    Config {
+        name: DLQ_STREAM.to_string(),
+        description: Some("TrueBit federation dead letters".into()),
+        subjects: vec![format!("{}>", subjects::DLQ_PREFIX)],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: cfg.dlq_max_age,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// The stream behind the `truebit-stats` KV bucket, as `nats kv add` would make it.
+pub fn stats_bucket_stream_config(cfg: &TopologyConfig) -> Config {
+    Config {
+        name: format!("KV_{STATS_BUCKET}"),
+        description: Some("TrueBit network snapshots for late joiners".into()),
+        subjects: vec![format!("$KV.{STATS_BUCKET}.>")],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        max_messages_per_subject: 1,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates what is missing and updates what differs; fails, naming the setting, when JetStream
+/// cannot make an existing stream what the contract wants.
+pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, TopologyError> {
+    let events = ensure_stream(js, events_stream_config(cfg)).await?;
+    let dlq = ensure_stream(js, dlq_stream_config(cfg)).await?;
+    ensure_stream(js, stats_bucket_stream_config(cfg)).await?;
+    let stats = js
+        .get_key_value(STATS_BUCKET)
+        .await
+        .map_err(|e| TopologyError::js(format!("opening KV bucket {STATS_BUCKET}"), e))?;
+    Ok(Topology { events, dlq, stats })
+}
+
+async fn ensure_stream(js: &Context, want: Config) -> Result<Stream, TopologyError> {
+    let name = want.name.clone();
+    let mut stream = match js.get_stream(&name).await {
+        Ok(stream) => stream,
+        Err(e) if is_not_found(&e) => {
+            tracing::info!(stream = %name, "creating stream");
+            return js
+                .create_stream(want)
+                .await
+                .map_err(|e| TopologyError::js(format!("creating stream {name}"), e));
+        }
+        Err(e) => return Err(TopologyError::js(format!("looking up stream {name}"), e)),
+    };
+    let have = stream
+        .info()
+        .await
+        .map_err(|e| TopologyError::js(format!("reading stream {name}"), e))?
+        .config
+        .clone();
+
+    if have.storage != want.storage {
+        return Err(immutable(&name, "storage", &have.storage, &want.storage));
+    }
+    if have.retention != want.retention {
+        return Err(immutable(
+            &name,
+            "retention",
+            &have.retention,
+            &want.retention,
+        ));
+    }
+    let differing = differing_settings(&have, &want);
+    if differing.is_empty() {
+        return Ok(stream);
+    }
+    tracing::warn!(stream = %name, settings = %differing.join(", "), "updating stream settings");
+    js.update_stream(want)
+        .await
+        .map_err(|e| TopologyError::Update {
+            stream: name.clone(),
+            settings: differing.join(", "),
+            source: e.into(),
+        })?;
+    js.get_stream(&name)
+        .await
+        .map_err(|e| TopologyError::js(format!("looking up stream {name}"), e))
+}
+
+fn immutable(
+    stream: &str,
+    setting: &'static str,
+    have: &impl std::fmt::Debug,
+    want: &impl std::fmt::Debug,
+) -> TopologyError {
+    TopologyError::Immutable {
+        stream: stream.to_string(),
+        setting,
+        have: format!("{have:?}"),
+        want: format!("{want:?}"),
+    }
+}
+
+/// The settings this module owns that differ, named as `nats stream info` names them.
+fn differing_settings(have: &Config, want: &Config) -> Vec<&'static str> {
+    let mut have_subjects = have.subjects.clone();
+    let mut want_subjects = want.subjects.clone();
+    have_subjects.sort();
+    want_subjects.sort();
+    let checks = [
+        ("subjects", have_subjects != want_subjects),
+        ("max_age", have.max_age != want.max_age),
+        (
+            "max_msg_size",
+            have.max_message_size != want.max_message_size,
+        ),
+        (
+            "duplicate_window",
+            have.duplicate_window != want.duplicate_window,
+        ),
+        (
+            "replicas",
+            have.num_replicas.max(1) != want.num_replicas.max(1),
+        ),
+        ("discard", have.discard != want.discard),
+        (
+            "max_msgs_per_subject",
+            have.max_messages_per_subject != want.max_messages_per_subject,
+        ),
+        ("allow_rollup_hdrs", have.allow_rollup != want.allow_rollup),
+        ("deny_delete", have.deny_delete != want.deny_delete),
+        ("allow_direct", have.allow_direct != want.allow_direct),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(js)
+        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+fn consumer_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind as Kind;
+    match e.kind() {
+        Kind::NotFound => true,
+        Kind::JetStream(js) => js.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+/// The config of the durable consumer `aggregator`, delivering from `start` (a stream sequence).
+pub fn consumer_config(start: u64) -> pull::Config {
+    pull::Config {
+        durable_name: Some(CONSUMER.to_string()),
+        description: Some("the live fold of the TrueBit federation aggregator".into()),
+        deliver_policy: if start <= 1 {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            }
+        },
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: -1,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// Opens the durable consumer so that it delivers the message after `applied`, the last sequence
+/// the database holds.
+///
+/// A consumer that acked past `applied` (the database was replaced by an older one, or rebuilt)
+/// would skip messages the database never saw, and one far behind would redeliver thousands of
+/// messages only to have them ignored: both are recreated at `applied + 1`. A consumer a little
+/// behind is kept; what it redelivers is acked as already folded.
+pub async fn aggregator_consumer(
+    events: &Stream,
+    applied: u64,
+) -> Result<PullConsumer, TopologyError> {
+    let recreate = match events.consumer_info(CONSUMER).await {
+        Ok(info) => {
+            let floor = info.ack_floor.stream_sequence;
+            let config_ok = info.config.ack_policy == AckPolicy::Explicit
+                && info.config.filter_subject.is_empty()
+                && info.config.filter_subjects.is_empty();
+            let position_ok = floor <= applied && applied - floor <= MAX_REDELIVERY_TO_SKIP;
+            if !config_ok || !position_ok {
+                tracing::warn!(
+                    ack_floor = floor,
+                    applied,
+                    config_ok,
+                    "recreating consumer {CONSUMER} at the database's position"
+                );
+                events
+                    .delete_consumer(CONSUMER)
+                    .await
+                    .map_err(|e| TopologyError::js(format!("deleting consumer {CONSUMER}"), e))?;
+            }
+            !config_ok || !position_ok
+        }
+        Err(e) if consumer_not_found(&e) => true,
+        Err(e) => return Err(TopologyError::js(format!("reading consumer {CONSUMER}"), e)),
+    };
+    if recreate {
+        events
+            .create_consumer(consumer_config(applied + 1))
+            .await
+            .map_err(|e| TopologyError::js(format!("creating consumer {CONSUMER}"), e))
+    } else {
+        events
+            .get_consumer(CONSUMER)
+            .await
+            .map_err(|e| TopologyError::js(format!("opening consumer {CONSUMER}"), e))
+    }
+}

@@ -1,0 +1,445 @@
+//! Contract §4: every message is accepted as an [`Event`] or rejected with a [`Rejection`].
+//!
+//! Checks run in the order of the contract's table (size, then JSON, then schema, then clock), and
+//! the first failure is the reason. Only the fields of contract §3 are read; everything else a node
+//! sends is dropped here and never reaches a projection.
+
+use crate::event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Outcome};
+use crate::labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
+use crate::subjects::{self, EventType};
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Payloads above this many bytes are dead-lettered as `too_large`.
+pub const MAX_PAYLOAD: usize = 8 * 1024;
+
+/// How far a node's clock may run ahead of the time JetStream stored its message.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
+
+/// Why a message was refused: the `<reason>` of `truebit.dlq.<reason>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    TooLarge,
+    Malformed,
+    Schema,
+    Clock,
+    Unauthorized,
+    RateLimited,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::TooLarge,
+        Reason::Malformed,
+        Reason::Schema,
+        Reason::Clock,
+        Reason::Unauthorized,
+        Reason::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::Schema => "schema",
+            Reason::Clock => "clock",
+            Reason::Unauthorized => "unauthorized",
+            Reason::RateLimited => "rate_limited",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message: the reason, the JSON path of the first bad field (for `schema`), and a
+/// sentence for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub path: Option<String>,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            path: None,
+            detail: detail.into(),
+        }
+    }
+
+    fn schema(path: impl Into<String>, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason: Reason::Schema,
+            path: Some(path.into()),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{} at {}: {}", self.reason, path, self.detail),
+            None => write!(f, "{}: {}", self.reason, self.detail),
+        }
+    }
+}
+
+/// Validates one inbound message.
+///
+/// `stored_at` is the time JetStream stored it: the clock check compares the node's timestamp
+/// with it, never with the aggregator's clock, so that a replay years later decides the same.
+pub fn validate(
+    subject: &str,
+    payload: &[u8],
+    stored_at: DateTime<Utc>,
+) -> Result<Event, Rejection> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!(
+                "payload is {} bytes; the limit is {MAX_PAYLOAD}",
+                payload.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Rejection::new(Reason::Malformed, format!("payload is not UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(Reason::Malformed, format!("payload is not JSON: {e}")))?;
+    let Value::Object(envelope) = value else {
+        return Err(Rejection::new(
+            Reason::Malformed,
+            "payload is JSON but not an object",
+        ));
+    };
+
+    let expected = subjects::event_type(subject).ok_or_else(|| {
+        Rejection::schema(
+            "$.type",
+            format!("no event type is defined for subject {subject}"),
+        )
+    })?;
+    let (node_id, timestamp, kind) = check_schema(&envelope, expected)?;
+
+    let time = DateTime::parse_from_rfc3339(timestamp)
+        .map_err(|e| {
+            Rejection::new(
+                Reason::Clock,
+                format!("timestamp {timestamp:?} is not RFC 3339: {e}"),
+            )
+        })?
+        .with_timezone(&Utc);
+    let earliest = Utc
+        .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a valid date");
+    if time < earliest {
+        return Err(Rejection::new(
+            Reason::Clock,
+            format!("timestamp {timestamp} is before 2020-01-01"),
+        ));
+    }
+    let skew = (time - stored_at).num_seconds();
+    if time > stored_at && (time - stored_at) > chrono::Duration::seconds(MAX_CLOCK_SKEW_SECS) {
+        return Err(Rejection::new(
+            Reason::Clock,
+            format!("timestamp {timestamp} is {skew} s after the message was stored; at most {MAX_CLOCK_SKEW_SECS} s is allowed"),
+        ));
+    }
+
+    Ok(Event {
+        node_id: node_id.to_owned(),
+        minute: time.timestamp().div_euclid(60),
+        kind,
+    })
+}
+
+/// The schema checks, in the order a reader meets the fields.
+fn check_schema(
+    envelope: &Map<String, Value>,
+    expected: EventType,
+) -> Result<(&str, &str, EventKind), Rejection> {
+    let version = required_str(envelope, "version", "$.version")?;
+    let major = version.split('.').next().unwrap_or_default();
+    if major.parse::<u64>().ok() != Some(1) {
+        return Err(Rejection::schema(
+            "$.version",
+            format!("version {version:?} has major other than 1"),
+        ));
+    }
+    let ty = required_str(envelope, "type", "$.type")?;
+    if ty != expected.as_str() {
+        return Err(Rejection::schema(
+            "$.type",
+            format!(
+                "type {ty:?} does not match the subject, which carries {:?}",
+                expected.as_str()
+            ),
+        ));
+    }
+    let node_id = required_str(envelope, "nodeId", "$.nodeId")?;
+    if !valid_node_id(node_id) {
+        return Err(Rejection::schema(
+            "$.nodeId",
+            "nodeId must be 1-128 characters of [A-Za-z0-9._:-]",
+        ));
+    }
+    let timestamp = required_str(envelope, "timestamp", "$.timestamp")?;
+
+    let data = match envelope.get("data") {
+        None => None,
+        Some(Value::Object(data)) => Some(data),
+        Some(_) => return Err(Rejection::schema("$.data", "data must be an object")),
+    };
+    let needs_data = |field: &str| {
+        data.ok_or_else(|| {
+            Rejection::schema(format!("$.data.{field}"), format!("{field} is required"))
+        })
+    };
+
+    let kind = match expected {
+        EventType::TaskReceived => {
+            let data = Fields::new(needs_data("taskIdHash")?, "$.data");
+            EventKind::TaskReceived {
+                task: data.required_digest("taskIdHash")?,
+                chain_id: data.chain_id("chainId")?,
+                task_type: data.word("taskType")?,
+            }
+        }
+        EventType::TaskCompleted => {
+            let data = Fields::new(needs_data("taskIdHash")?, "$.data");
+            let task = data.required_digest("taskIdHash")?;
+            EventKind::TaskCompleted {
+                task,
+                outcome: Outcome {
+                    success: data.boolean("success")?,
+                    status: data.word("status")?,
+                    execution_time: data.label("executionTimeBucket", ExecutionTime::parse)?,
+                    gas_used: data.label("gasUsedBucket", Magnitude::parse)?,
+                    cached: data.boolean("cached")?,
+                },
+            }
+        }
+        EventType::InvoiceCreated => {
+            let data = Fields::new(needs_data("invoiceIdHash")?, "$.data");
+            EventKind::InvoiceCreated(Invoice {
+                invoice: data.required_digest("invoiceIdHash")?,
+                task: data.optional_digest("taskIdHash")?,
+                chain_id: data.chain_id("chainId")?,
+                steps_computed: data.label("stepsComputedBucket", Magnitude::parse)?,
+                memory_used: data.label("memoryUsedBucket", Memory::parse)?,
+                operation: data.word("operation")?,
+            })
+        }
+        EventType::Heartbeat => {
+            // The plan's pseudocode reads these at the top level; today's monitor nests them in
+            // `data`. Take each field from `data` when it is there, else from the envelope.
+            let nested = data.map(|d| Fields::new(d, "$.data"));
+            let top = Fields::new(envelope, "$");
+            let pick = |field: &str| match &nested {
+                Some(d) if d.map.contains_key(field) => d,
+                _ => &top,
+            };
+            EventKind::HeartbeatReported(Heartbeat {
+                status: pick("status").word("status")?,
+                total_tasks: pick("totalTasksBucket")
+                    .label("totalTasksBucket", TotalTasks::parse)?,
+                active_tasks: pick("activeTasksBucket")
+                    .label("activeTasksBucket", ActiveTasks::parse)?,
+                continent: pick("continentBucket").label("continentBucket", Continent::parse)?,
+                location: pick("locationBucket").label("locationBucket", Location::parse)?,
+            })
+        }
+        EventType::NodeJoined | EventType::NodeLeft => {
+            let status = match data {
+                Some(d) => Fields::new(d, "$.data").word("status")?,
+                None => None,
+            };
+            if expected == EventType::NodeJoined {
+                EventKind::NodeJoined { status }
+            } else {
+                EventKind::NodeLeft { status }
+            }
+        }
+    };
+    Ok((node_id, timestamp, kind))
+}
+
+fn required_str<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+    path: &str,
+) -> Result<&'a str, Rejection> {
+    match map.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        None => Err(Rejection::schema(path, format!("{field} is required"))),
+        Some(other) => Err(Rejection::schema(
+            path,
+            format!("{field} must be a string, not {}", kind_of(other)),
+        )),
+    }
+}
+
+fn valid_node_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The fields of one JSON object, with the path that error messages name.
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(map: &'a Map<String, Value>, prefix: &'static str) -> Self {
+        Fields { map, prefix }
+    }
+
+    fn err(&self, field: &str, detail: String) -> Rejection {
+        Rejection::schema(format!("{}.{field}", self.prefix), detail)
+    }
+
+    fn required_digest(&self, field: &str) -> Result<Digest, Rejection> {
+        match self.map.get(field) {
+            None => Err(self.err(field, format!("{field} is required"))),
+            Some(v) => self.digest(field, v),
+        }
+    }
+
+    /// A hash that may be absent or null ("not known").
+    fn optional_digest(&self, field: &str) -> Result<Option<Digest>, Rejection> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => self.digest(field, v).map(Some),
+        }
+    }
+
+    fn digest(&self, field: &str, v: &Value) -> Result<Digest, Rejection> {
+        v.as_str().and_then(Digest::parse_hex).ok_or_else(|| {
+            self.err(
+                field,
+                format!(
+                    "{field} must be 64 lowercase hex characters, not {}",
+                    kind_of(v)
+                ),
+            )
+        })
+    }
+
+    /// A chain id: 1–20 decimal digits, as a string or a non-negative integer.
+    fn chain_id(&self, field: &str) -> Result<Option<String>, Rejection> {
+        let v = match self.map.get(field) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let digits = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => match n.as_u64() {
+                Some(n) => n.to_string(),
+                None => {
+                    return Err(self.err(
+                        field,
+                        format!("{field} must be a non-negative integer, not {n}"),
+                    ))
+                }
+            },
+            other => {
+                return Err(self.err(
+                    field,
+                    format!("{field} must be a string of digits, not {}", kind_of(other)),
+                ))
+            }
+        };
+        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.err(
+                field,
+                format!("{field} must be 1-20 decimal digits, not {digits:?}"),
+            ));
+        }
+        Ok(Some(digits))
+    }
+
+    /// A short lower-case word (`taskType`, `operation`, `status`), lower-cased.
+    fn word(&self, field: &str) -> Result<Option<String>, Rejection> {
+        let v = match self.map.get(field) {
+            None => return Ok(None),
+            Some(v) => v,
+        };
+        let Value::String(s) = v else {
+            return Err(self.err(
+                field,
+                format!("{field} must be a string, not {}", kind_of(v)),
+            ));
+        };
+        let lower = s.to_lowercase();
+        let ok = (1..=32).contains(&lower.len())
+            && lower
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(self.err(
+                field,
+                format!("{field} must be 1-32 characters of [a-z0-9_-]"),
+            ));
+        }
+        Ok(Some(lower))
+    }
+
+    fn boolean(&self, field: &str) -> Result<Option<bool>, Rejection> {
+        match self.map.get(field) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.err(
+                field,
+                format!("{field} must be a boolean, not {}", kind_of(other)),
+            )),
+        }
+    }
+
+    /// A bucket label: absent, null or `unknown` mean "not known".
+    fn label<T>(
+        &self,
+        field: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, Rejection> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s == "unknown" => Ok(None),
+            Some(Value::String(s)) => parse(s).map(Some).ok_or_else(|| {
+                self.err(
+                    field,
+                    format!("{field} {s:?} is not one of the contract's labels"),
+                )
+            }),
+            Some(other) => Err(self.err(
+                field,
+                format!("{field} must be a string label, not {}", kind_of(other)),
+            )),
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Contract §3 and §4, checked message by message.
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use truebit_streams::{
+    validate, Continent, Digest, EventKind, ExecutionTime, Location, Magnitude, Reason, Rejection,
+};
+
+const TASK: &str = "dc5bd914475128116974a3e7e7c848deca52b87aea9f8f3e31f7511b993a582b";
+const NODE: &str = "node-a37c1f69-f85a-48e1-8492-a9d82759a3b6";
+
+fn stored() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, 8, 3, 0).unwrap()
+}
+
+fn envelope(ty: &str, data: Value) -> Value {
+    json!({"version": "1.0", "type": ty, "timestamp": "2026-11-02T08:00:00.000Z", "nodeId": NODE, "data": data})
+}
+
+fn check(subject: &str, v: &Value) -> Result<truebit_streams::Event, Rejection> {
+    validate(subject, &serde_json::to_vec(v).unwrap(), stored())
+}
+
+fn schema_path(subject: &str, v: &Value) -> String {
+    let r = check(subject, v).expect_err("should be refused");
+    assert_eq!(r.reason, Reason::Schema, "{r}");
+    r.path.expect("schema rejections name a path")
+}
+
+#[test]
+fn every_fixture_is_accepted_except_the_three_invoices_without_an_id() {
+    let fixtures = truebit_testkit::monitor_fixtures();
+    assert_eq!(fixtures.len(), 268);
+    let mut refused = Vec::new();
+    for (subject, payload) in &fixtures {
+        let v: Value = serde_json::from_slice(payload).unwrap();
+        // The fixtures were made with a clock pinned to their event time.
+        let at = DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc);
+        if let Err(r) = validate(subject, payload, at) {
+            refused.push((v["type"].as_str().unwrap().to_string(), r));
+        }
+    }
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    for (ty, r) in refused {
+        assert_eq!(ty, "invoice_created");
+        assert_eq!(r.reason, Reason::Schema);
+        assert_eq!(r.path.as_deref(), Some("$.data.invoiceIdHash"));
+    }
+}
+
+#[test]
+fn a_monitor_task_event_keeps_only_the_contract_fields() {
+    let v = envelope(
+        "task_received",
+        json!({"chainId": "1", "blockNumber": 26612000, "blockHash": "0xabc",
+        "taskHash": "0xdef", "taskType": "WASM", "taskIdHash": TASK}),
+    );
+    let e = check("truebit.tasks.received", &v).unwrap();
+    assert_eq!(e.node_id, NODE);
+    assert_eq!(e.minute, stored().timestamp() / 60 - 3);
+    assert_eq!(
+        e.kind,
+        EventKind::TaskReceived {
+            task: Digest::parse_hex(TASK).unwrap(),
+            chain_id: Some("1".into()),
+            task_type: Some("wasm".into()),
+        }
+    );
+}
+
+#[test]
+fn completions_carry_their_whole_outcome() {
+    let v = envelope(
+        "task_completed",
+        json!({"taskIdHash": TASK, "success": false, "status": "Failed",
+        "executionTimeBucket": "5-10s", "gasUsedBucket": "unknown", "cached": true, "chainId": "bogus!"}),
+    );
+    let EventKind::TaskCompleted { outcome, .. } =
+        check("truebit.tasks.completed", &v).unwrap().kind
+    else {
+        panic!("not a completion")
+    };
+    assert_eq!(outcome.success, Some(false));
+    assert_eq!(outcome.status.as_deref(), Some("failed"));
+    assert_eq!(outcome.execution_time, Some(ExecutionTime::To10s));
+    assert_eq!(outcome.gas_used, None, "`unknown` is not known");
+    assert_eq!(outcome.cached, Some(true));
+}
+
+#[test]
+fn heartbeat_fields_are_read_from_data_or_from_the_top_level() {
+    let nested = envelope(
+        "heartbeat",
+        json!({"status": "online", "continentBucket": "EU", "locationBucket": "52.5,13.5",
+        "activeTasks": 3, "totalTasks": 1234}),
+    );
+    let EventKind::HeartbeatReported(hb) = check("truebit.heartbeat", &nested).unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(hb.continent, Some(Continent::Europe));
+    assert_eq!(hb.location, Location::parse("52.5,13.5"));
+
+    let mut top = envelope("heartbeat", json!({}));
+    top["continentBucket"] = json!("OC");
+    top["totalTasksBucket"] = json!(">1K");
+    let EventKind::HeartbeatReported(hb) = check("truebit.heartbeat", &top).unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(hb.continent, Some(Continent::Oceania));
+    assert_eq!(hb.total_tasks.map(|t| t.label()), Some(">1K"));
+
+    let mut bare = envelope("heartbeat", json!(null));
+    bare.as_object_mut().unwrap().remove("data");
+    assert!(
+        check("truebit.heartbeat", &bare).is_ok(),
+        "a heartbeat needs no data"
+    );
+}
+
+#[test]
+fn invoices_normalise_numeric_chains_and_accept_a_null_task() {
+    let v = envelope(
+        "invoice_created",
+        json!({"invoiceIdHash": TASK, "taskIdHash": null, "chainId": 5,
+        "stepsComputedBucket": ">100M", "memoryUsedBucket": null, "operation": "compute"}),
+    );
+    let EventKind::InvoiceCreated(inv) = check("truebit.invoices.created", &v).unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(inv.chain_id.as_deref(), Some("5"));
+    assert_eq!(inv.task, None);
+    assert_eq!(inv.steps_computed, Some(Magnitude::Over100M));
+    assert_eq!(inv.memory_used, None);
+}
+
+#[test]
+fn size_is_checked_before_anything_else() {
+    let big = vec![b'x'; 8 * 1024 + 1];
+    assert_eq!(
+        validate("truebit.heartbeat", &big, stored())
+            .unwrap_err()
+            .reason,
+        Reason::TooLarge
+    );
+    let mut v = envelope(
+        "task_received",
+        json!({"taskIdHash": TASK, "pad": "y".repeat(8000)}),
+    );
+    v["nodeId"] = json!("n");
+    let bytes = serde_json::to_vec(&v).unwrap();
+    assert!(bytes.len() <= 8 * 1024);
+    assert!(
+        validate("truebit.tasks.received", &bytes, stored()).is_ok(),
+        "8 KiB and under is fine"
+    );
+}
+
+#[test]
+fn anything_but_a_utf8_json_object_is_malformed() {
+    for payload in [&b"\xff\xfe"[..], b"{not json", b"[1,2]", b"\"text\"", b""] {
+        let r = validate("truebit.heartbeat", payload, stored()).unwrap_err();
+        assert_eq!(r.reason, Reason::Malformed, "{payload:?}");
+        assert_eq!(r.path, None);
+    }
+}
+
+#[test]
+fn schema_errors_name_the_first_bad_field() {
+    let ok = envelope("task_received", json!({"taskIdHash": TASK}));
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = ok.clone();
+        f(&mut v);
+        v
+    };
+    let s = "truebit.tasks.received";
+    assert_eq!(
+        schema_path(
+            s,
+            &with(&|v| {
+                v.as_object_mut().unwrap().remove("version");
+            })
+        ),
+        "$.version"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["version"] = json!("2.0"))),
+        "$.version"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["version"] = json!(1.0))),
+        "$.version"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["type"] = json!("task_completed"))),
+        "$.type"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["nodeId"] = json!(""))),
+        "$.nodeId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["nodeId"] = json!("node with spaces"))),
+        "$.nodeId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["nodeId"] = json!("n".repeat(129)))),
+        "$.nodeId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["timestamp"] = json!(1700000000))),
+        "$.timestamp"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"] = json!(null))),
+        "$.data"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["taskIdHash"] = json!(null))),
+        "$.data.taskIdHash"
+    );
+    assert_eq!(
+        schema_path(
+            s,
+            &with(&|v| v["data"]["taskIdHash"] = json!(TASK.to_uppercase()))
+        ),
+        "$.data.taskIdHash"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["chainId"] = json!("0x1"))),
+        "$.data.chainId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["chainId"] = json!(-1))),
+        "$.data.chainId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["chainId"] = json!(null))),
+        "$.data.chainId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["chainId"] = json!("1".repeat(21)))),
+        "$.data.chainId"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["taskType"] = json!("has space"))),
+        "$.data.taskType"
+    );
+    assert_eq!(
+        schema_path(s, &with(&|v| v["data"]["taskType"] = json!("x".repeat(33)))),
+        "$.data.taskType"
+    );
+    // The first bad field wins: version comes before the hash.
+    assert_eq!(
+        schema_path(
+            s,
+            &with(&|v| {
+                v["version"] = json!("3");
+                v["data"]["taskIdHash"] = json!(1);
+            })
+        ),
+        "$.version"
+    );
+
+    let c = "truebit.tasks.completed";
+    let done = envelope("task_completed", json!({"taskIdHash": TASK}));
+    let mut v = done.clone();
+    v["data"]["success"] = json!("true");
+    assert_eq!(schema_path(c, &v), "$.data.success");
+    let mut v = done.clone();
+    v["data"]["cached"] = json!(null);
+    assert_eq!(schema_path(c, &v), "$.data.cached");
+    let mut v = done.clone();
+    v["data"]["executionTimeBucket"] = json!("2-3s");
+    assert_eq!(schema_path(c, &v), "$.data.executionTimeBucket");
+
+    let mut hb = envelope("heartbeat", json!({"continentBucket": "XX"}));
+    assert_eq!(
+        schema_path("truebit.heartbeat", &hb),
+        "$.data.continentBucket"
+    );
+    hb["data"] = json!({"locationBucket": "91.0,0.0"});
+    assert_eq!(
+        schema_path("truebit.heartbeat", &hb),
+        "$.data.locationBucket"
+    );
+    hb["data"] = json!({});
+    hb["activeTasksBucket"] = json!("6");
+    assert_eq!(schema_path("truebit.heartbeat", &hb), "$.activeTasksBucket");
+
+    let inv = envelope("invoice_created", json!({"taskIdHash": TASK}));
+    assert_eq!(
+        schema_path("truebit.invoices.created", &inv),
+        "$.data.invoiceIdHash"
+    );
+    let mut no_data = envelope("invoice_created", json!(null));
+    no_data.as_object_mut().unwrap().remove("data");
+    assert_eq!(
+        schema_path("truebit.invoices.created", &no_data),
+        "$.data.invoiceIdHash"
+    );
+
+    let admin = envelope("key_issued", json!({}));
+    assert_eq!(schema_path("truebit.admin.keys", &admin), "$.type");
+}
+
+#[test]
+fn clock_checks_come_after_schema_and_use_the_stored_time() {
+    let s = "truebit.tasks.received";
+    let at = |ts: &str| {
+        let mut v = envelope("task_received", json!({"taskIdHash": TASK}));
+        v["timestamp"] = json!(ts);
+        check(s, &v)
+    };
+    assert_eq!(at("yesterday").unwrap_err().reason, Reason::Clock);
+    assert_eq!(
+        at("2019-12-31T23:59:59Z").unwrap_err().reason,
+        Reason::Clock
+    );
+    assert!(at("2020-01-01T00:00:00Z").is_ok());
+    // stored() is 08:03; five minutes later is the limit, inclusive.
+    assert!(at("2026-11-02T08:08:00Z").is_ok());
+    assert_eq!(
+        at("2026-11-02T08:08:01Z").unwrap_err().reason,
+        Reason::Clock
+    );
+    assert!(
+        at("2026-11-02T10:08:00+02:00").is_ok(),
+        "offsets are honoured"
+    );
+
+    let mut both = envelope("task_received", json!({"taskIdHash": 7}));
+    both["timestamp"] = json!("not a time");
+    assert_eq!(
+        check(s, &both).unwrap_err().reason,
+        Reason::Schema,
+        "schema is checked before clock"
+    );
+}
+
+#[test]
+fn event_time_is_floored_to_the_minute() {
+    let mut v = envelope("heartbeat", json!({}));
+    v["timestamp"] = json!("2026-11-02T08:01:59.999Z");
+    let e = check("truebit.heartbeat", &v).unwrap();
+    assert_eq!(
+        e.minute,
+        Utc.with_ymd_and_hms(2026, 11, 2, 8, 1, 0)
+            .unwrap()
+            .timestamp()
+            / 60
+    );
+}
+
+proptest! {
+    // Whatever arrives, the answer is an event or a reason: never a panic.
+    #[test]
+    fn validation_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..300), subject in 0usize..8) {
+        let subjects = ["truebit.tasks.received", "truebit.tasks.completed", "truebit.heartbeat",
+            "truebit.invoices.created", "truebit.nodes.joined", "truebit.nodes.left", "truebit.admin.x", "other"];
+        let _ = validate(subjects[subject], &payload, stored());
+    }
+
+    #[test]
+    fn mutated_fixture_values_never_panic(field in "[a-zA-Z]{1,20}", value in prop_oneof![
+        Just(json!(null)), any::<bool>().prop_map(|b| json!(b)), any::<i64>().prop_map(|n| json!(n)),
+        ".{0,80}".prop_map(|s| json!(s)), Just(json!([])), Just(json!({}))]) {
+        for ty in ["task_received", "task_completed", "heartbeat", "invoice_created", "node_joined"] {
+            let mut v = envelope(ty, json!({"taskIdHash": TASK, "invoiceIdHash": TASK}));
+            v["data"][field.clone()] = value.clone();
+            let subject = match ty { "task_received" => "truebit.tasks.received", "task_completed" => "truebit.tasks.completed",
+                "heartbeat" => "truebit.heartbeat", "invoice_created" => "truebit.invoices.created", _ => "truebit.nodes.joined" };
+            let _ = check(subject, &v);
+        }
+    }
+}
