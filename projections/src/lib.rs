@@ -1,1 +1,712 @@
-//! placeholder
+//! The projections of the TrueBit federation: tasks, invoices and nodes folded from validated
+//! events into redb, and the network snapshot of contract §5.3 computed over them.
+//!
+//! This crate never touches the network. It is handed batches of [`Input`]s (a stream sequence
+//! and the validated event or the reason it was refused) and folds each exactly once: the
+//! sequence of the last folded input is committed in the same write transaction as the changes it
+//! produced, and an input at or below it is skipped. That is what makes redelivery, crashes and
+//! restarts harmless.
+//!
+//! ```
+//! use truebit_projections::{Input, Period, Projections};
+//! use truebit_streams::validate;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let db = Projections::open(dir.path().join("aggregator.redb")).unwrap();
+//! let stored_at = chrono::Utc::now();
+//! let hb = format!(r#"{{"version":"1.0","type":"heartbeat","nodeId":"node-1",
+//!     "timestamp":"{}","data":{{"continentBucket":"EU"}}}}"#, stored_at.to_rfc3339());
+//! let event = validate("truebit.heartbeat", hb.as_bytes(), stored_at).map_err(|r| r.reason);
+//!
+//! db.apply(&[Input { seq: 1, event: event.clone() }]).unwrap();
+//! db.apply(&[Input { seq: 1, event }]).unwrap(); // redelivered: folded once
+//!
+//! let now = stored_at.timestamp() / 60;
+//! let snapshot = db.snapshot(now, Period::All).unwrap();
+//! assert_eq!((snapshot.active_nodes, snapshot.total_nodes), (1, 1));
+//! assert_eq!(db.node("node-1").unwrap().unwrap().heartbeat_count, 1);
+//! ```
+
+mod counters;
+mod error;
+mod fold;
+mod records;
+mod snapshot;
+mod tables;
+
+pub use error::Error;
+pub use snapshot::{rate, Period, Snapshot, MAX_DISTINCT};
+pub use tables::SCHEMA_VERSION;
+
+use counters::{buckets_of, cover, Counters, MINUTE, TOTAL};
+use records::{decode, encode, InvoiceRecord, NodeRecord, TaskRecord};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tables::meta;
+use truebit_streams::{
+    Continent, Digest, Event, EventKind, ExecutionTime, Location, Magnitude, Memory, Minute, Reason,
+};
+
+/// One message of the stream, ready to fold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Its sequence in `TRUEBIT_EVENTS`.
+    pub seq: u64,
+    /// The validated event, or why it was refused (refusals are counted, not folded).
+    pub event: Result<Event, Reason>,
+}
+
+/// What one [`Projections::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Inputs folded (events and refusals).
+    pub folded: u64,
+    /// Inputs at or below the last folded sequence: already folded, so skipped.
+    pub skipped: u64,
+    /// The last folded sequence after this batch.
+    pub last_seq: u64,
+}
+
+/// The projections database.
+pub struct Projections {
+    db: Database,
+    path: PathBuf,
+}
+
+/// A task as the projections hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskView {
+    pub first_seen_at: Minute,
+    pub last_seen_at: Minute,
+    pub chain_id: Option<String>,
+    pub task_type: Option<String>,
+    /// `completed`, `failed` or `received`.
+    pub state: &'static str,
+    pub success: Option<bool>,
+    pub status: Option<String>,
+    pub execution_time: Option<ExecutionTime>,
+    pub gas_used: Option<Magnitude>,
+    pub cached: Option<bool>,
+    pub reporting_nodes: usize,
+}
+
+/// An invoice as the projections hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceView {
+    pub first_seen_at: Minute,
+    pub last_seen_at: Minute,
+    pub task: Option<Digest>,
+    pub chain_id: Option<String>,
+    pub steps_computed: Option<Magnitude>,
+    pub memory_used: Option<Memory>,
+    pub operation: Option<String>,
+    pub reporting_nodes: usize,
+}
+
+/// A node as the projections hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub first_seen_at: Minute,
+    pub last_seen_at: Option<Minute>,
+    pub heartbeat_count: u64,
+    pub offline: bool,
+    pub status: Option<String>,
+    pub continent: Option<Continent>,
+    pub location: Option<Location>,
+}
+
+impl Projections {
+    /// Opens the database at `path`, creating it (and its folder) if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+        Self::init(db, path)
+    }
+
+    /// Opens an existing database; [`Error::Missing`] if there is none at `path`.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        if !path.exists() {
+            return Err(Error::Missing { path });
+        }
+        let db = Database::open(&path).map_err(|e| open_error(&path, e))?;
+        Self::init(db, path)
+    }
+
+    fn init(db: Database, path: PathBuf) -> Result<Self, Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut meta_table = txn.open_table(tables::META)?;
+            match read_u64(&meta_table, meta::SCHEMA_VERSION)? {
+                None => {
+                    meta_table.insert(
+                        meta::SCHEMA_VERSION,
+                        tables::SCHEMA_VERSION.to_le_bytes().as_slice(),
+                    )?;
+                }
+                Some(found) if found != tables::SCHEMA_VERSION => {
+                    return Err(Error::SchemaVersion {
+                        path,
+                        found,
+                        expected: tables::SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+            }
+            // Every table exists from the start, so that readers never meet a missing one.
+            txn.open_table(tables::TASKS)?;
+            txn.open_table(tables::INVOICES)?;
+            txn.open_table(tables::NODES)?;
+            txn.open_table(tables::PUBLISHERS)?;
+            txn.open_table(tables::COUNTERS)?;
+            txn.open_table(tables::REJECTIONS)?;
+            txn.open_table(tables::EVENTS)?;
+        }
+        txn.commit()?;
+        Ok(Projections { db, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sequence of the last folded input; 0 for a new database.
+    pub fn last_seq(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(read_u64(&txn.open_table(tables::META)?, meta::LAST_SEQ)?.unwrap_or(0))
+    }
+
+    /// The identity of the stream this database was folded from, as set by
+    /// [`Projections::set_stream_identity`].
+    pub fn stream_identity(&self) -> Result<Option<String>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::META)?;
+        let value = table.get(meta::STREAM)?;
+        Ok(value.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    pub fn set_stream_identity(&self, identity: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(tables::META)?
+            .insert(meta::STREAM, identity.as_bytes())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Folds a batch in one durable write transaction, together with the sequence of its last
+    /// input. Inputs at or below the last folded sequence are skipped.
+    pub fn apply(&self, batch: &[Input]) -> Result<Applied, Error> {
+        let txn = self.db.begin_write()?;
+        let applied = {
+            let mut w = Writer::open(&txn)?;
+            let mut applied = Applied {
+                last_seq: w.last_seq,
+                ..Applied::default()
+            };
+            for input in batch {
+                if input.seq <= w.last_seq {
+                    applied.skipped += 1;
+                    continue;
+                }
+                w.last_seq = input.seq;
+                applied.folded += 1;
+                match &input.event {
+                    Ok(event) => w.fold(event)?,
+                    Err(reason) => *w.rejections.entry(reason.as_str()).or_default() += 1,
+                }
+            }
+            applied.last_seq = w.last_seq;
+            w.flush()?;
+            applied
+        };
+        txn.commit()?;
+        Ok(applied)
+    }
+
+    /// The snapshot at minute `at` over `period`.
+    pub fn snapshot(&self, at: Minute, period: Period) -> Result<Snapshot, Error> {
+        let reader = Reader::open(&self.db)?;
+        reader.snapshot(at, period, &reader.recent(at)?, &reader.last_day(at)?)
+    }
+
+    /// The snapshots of every period at minute `at`, from one consistent view.
+    pub fn snapshots(&self, at: Minute) -> Result<Vec<Snapshot>, Error> {
+        let reader = Reader::open(&self.db)?;
+        let recent = reader.recent(at)?;
+        let day = reader.last_day(at)?;
+        Period::ALL
+            .into_iter()
+            .map(|p| reader.snapshot(at, p, &recent, &day))
+            .collect()
+    }
+
+    pub fn task(&self, id: &Digest) -> Result<Option<TaskView>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::TASKS)?;
+        let Some(bytes) = table.get(&id.0)? else {
+            return Ok(None);
+        };
+        let t: TaskRecord = decode("tasks", bytes.value())?;
+        let outcome = t.outcome.clone().unwrap_or(records::StoredOutcome {
+            success: None,
+            status: None,
+            execution_time: None,
+            gas_used: None,
+            cached: None,
+        });
+        Ok(Some(TaskView {
+            first_seen_at: t.first_seen,
+            last_seen_at: t.last_seen,
+            chain_id: t.chain_id,
+            task_type: t.task_type,
+            state: match outcome.success {
+                Some(true) => "completed",
+                Some(false) => "failed",
+                None => "received",
+            },
+            success: outcome.success,
+            status: outcome.status,
+            execution_time: outcome
+                .execution_time
+                .and_then(|i| ExecutionTime::from_index(i as usize)),
+            gas_used: outcome
+                .gas_used
+                .and_then(|i| Magnitude::from_index(i as usize)),
+            cached: outcome.cached,
+            reporting_nodes: t.reporters.len(),
+        }))
+    }
+
+    pub fn invoice(&self, id: &Digest) -> Result<Option<InvoiceView>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::INVOICES)?;
+        let Some(bytes) = table.get(&id.0)? else {
+            return Ok(None);
+        };
+        let i: InvoiceRecord = decode("invoices", bytes.value())?;
+        Ok(Some(InvoiceView {
+            first_seen_at: i.first_seen,
+            last_seen_at: i.last_seen,
+            task: i.task.map(Digest),
+            chain_id: i.chain_id,
+            steps_computed: i
+                .steps_computed
+                .and_then(|b| Magnitude::from_index(b as usize)),
+            memory_used: i.memory_used.and_then(|b| Memory::from_index(b as usize)),
+            operation: i.operation,
+            reporting_nodes: i.reporters.len(),
+        }))
+    }
+
+    pub fn node(&self, node_id: &str) -> Result<Option<NodeView>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::NODES)?;
+        let Some(bytes) = table.get(node_id)? else {
+            return Ok(None);
+        };
+        let n: NodeRecord = decode("nodes", bytes.value())?;
+        Ok(Some(NodeView {
+            first_seen_at: n.first_seen,
+            last_seen_at: n.last_seen,
+            heartbeat_count: n.heartbeat_count,
+            offline: n.offline,
+            status: n.status,
+            continent: n.continent.and_then(|c| Continent::from_index(c as usize)),
+            location: n.location.map(|(lat_tenths, lon_tenths)| Location {
+                lat_tenths,
+                lon_tenths,
+            }),
+        }))
+    }
+
+    /// How many refused messages were folded, by reason.
+    pub fn rejections(&self) -> Result<BTreeMap<String, u64>, Error> {
+        count_table(&self.db, tables::REJECTIONS)
+    }
+
+    /// How many events of each type were folded.
+    pub fn event_counts(&self) -> Result<BTreeMap<String, u64>, Error> {
+        count_table(&self.db, tables::EVENTS)
+    }
+
+    /// Numbers of tasks, invoices and nodes held.
+    pub fn record_counts(&self) -> Result<(u64, u64, u64), Error> {
+        let txn = self.db.begin_read()?;
+        Ok((
+            txn.open_table(tables::TASKS)?.len()?,
+            txn.open_table(tables::INVOICES)?.len()?,
+            txn.open_table(tables::NODES)?.len()?,
+        ))
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+            path: path.to_path_buf(),
+        },
+        other => Error::Open {
+            path: path.to_path_buf(),
+            source: other,
+        },
+    }
+}
+
+fn count_table(
+    db: &Database,
+    def: redb::TableDefinition<&str, u64>,
+) -> Result<BTreeMap<String, u64>, Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(def)?;
+    let mut out = BTreeMap::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        out.insert(k.value().to_string(), v.value());
+    }
+    Ok(out)
+}
+
+fn read_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<u64>, Error> {
+    let Some(v) = table.get(key)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = v.value().try_into().map_err(|_| Error::Corrupt {
+        table: "meta",
+        detail: format!("{key} is not 8 bytes"),
+    })?;
+    Ok(Some(u64::from_le_bytes(bytes)))
+}
+
+fn event_type(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::TaskReceived { .. } => "task_received",
+        EventKind::TaskCompleted { .. } => "task_completed",
+        EventKind::HeartbeatReported(_) => "heartbeat",
+        EventKind::InvoiceCreated(_) => "invoice_created",
+        EventKind::NodeJoined { .. } => "node_joined",
+        EventKind::NodeLeft { .. } => "node_left",
+    }
+}
+
+/// One batch's write transaction: the tables, and the counter deltas accumulated until flush.
+struct Writer<'t> {
+    meta: Table<'t, &'static str, &'static [u8]>,
+    tasks: Table<'t, &'static [u8; 32], &'static [u8]>,
+    invoices: Table<'t, &'static [u8; 32], &'static [u8]>,
+    nodes: Table<'t, &'static str, &'static [u8]>,
+    publishers: Table<'t, &'static str, u32>,
+    counters: Table<'t, (u8, i64), &'static [u8]>,
+    rejection_table: Table<'t, &'static str, u64>,
+    event_table: Table<'t, &'static str, u64>,
+    last_seq: u64,
+    node_count: u64,
+    publisher_count: u64,
+    deltas: HashMap<Minute, Counters>,
+    rejections: HashMap<&'static str, u64>,
+    events: HashMap<&'static str, u64>,
+}
+
+impl<'t> Writer<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, Error> {
+        let meta_table = txn.open_table(tables::META)?;
+        let last_seq = read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0);
+        let node_count = read_u64(&meta_table, meta::NODES)?.unwrap_or(0);
+        let publisher_count = read_u64(&meta_table, meta::PUBLISHERS)?.unwrap_or(0);
+        Ok(Writer {
+            meta: meta_table,
+            tasks: txn.open_table(tables::TASKS)?,
+            invoices: txn.open_table(tables::INVOICES)?,
+            nodes: txn.open_table(tables::NODES)?,
+            publishers: txn.open_table(tables::PUBLISHERS)?,
+            counters: txn.open_table(tables::COUNTERS)?,
+            rejection_table: txn.open_table(tables::REJECTIONS)?,
+            event_table: txn.open_table(tables::EVENTS)?,
+            last_seq,
+            node_count,
+            publisher_count,
+            deltas: HashMap::new(),
+            rejections: HashMap::new(),
+            events: HashMap::new(),
+        })
+    }
+
+    /// The small number standing for `node_id` among a record's reporters.
+    fn publisher(&mut self, node_id: &str) -> Result<u32, Error> {
+        if let Some(id) = self.publishers.get(node_id)? {
+            return Ok(id.value());
+        }
+        let id = u32::try_from(self.publisher_count).map_err(|_| Error::Corrupt {
+            table: "publishers",
+            detail: "more than 2^32 distinct nodeIds".into(),
+        })?;
+        self.publisher_count += 1;
+        self.publishers.insert(node_id, id)?;
+        Ok(id)
+    }
+
+    /// Takes the old record's contribution out of its bucket and puts the new one's in.
+    fn shift<R>(
+        &mut self,
+        old: Option<&R>,
+        new: Option<&R>,
+        minute: fn(&R) -> Option<Minute>,
+        add: fn(&mut Counters, &R, i64),
+    ) {
+        for (record, sign) in [(old, -1), (new, 1)] {
+            if let Some(r) = record {
+                if let Some(m) = minute(r) {
+                    add(self.deltas.entry(m).or_default(), r, sign);
+                }
+            }
+        }
+    }
+
+    fn fold(&mut self, event: &Event) -> Result<(), Error> {
+        *self.events.entry(event_type(&event.kind)).or_default() += 1;
+        let minute = event.minute;
+        match &event.kind {
+            EventKind::TaskReceived {
+                task,
+                chain_id,
+                task_type,
+            } => {
+                let reporter = self.publisher(&event.node_id)?;
+                let old = self.get_task(task)?;
+                let new = fold::task_received(old.clone(), minute, reporter, chain_id, task_type);
+                self.put_task(task, old, new)?;
+            }
+            EventKind::TaskCompleted { task, outcome } => {
+                let reporter = self.publisher(&event.node_id)?;
+                let old = self.get_task(task)?;
+                let new = fold::task_completed(old.clone(), minute, reporter, outcome);
+                self.put_task(task, old, new)?;
+            }
+            EventKind::InvoiceCreated(invoice) => {
+                let reporter = self.publisher(&event.node_id)?;
+                let old: Option<InvoiceRecord> = match self.invoices.get(&invoice.invoice.0)? {
+                    Some(b) => Some(decode("invoices", b.value())?),
+                    None => None,
+                };
+                let new = fold::invoice_created(old.clone(), minute, reporter, invoice);
+                if old.as_ref() != Some(&new) {
+                    self.shift(
+                        old.as_ref(),
+                        Some(&new),
+                        |r| Some(r.first_seen),
+                        Counters::invoice,
+                    );
+                    self.invoices
+                        .insert(&invoice.invoice.0, encode(&new).as_slice())?;
+                }
+            }
+            EventKind::HeartbeatReported(hb) => {
+                let old = self.get_node(&event.node_id)?;
+                let new = fold::heartbeat_reported(old.clone(), minute, hb);
+                self.put_node(&event.node_id, old, Some(new))?;
+            }
+            EventKind::NodeJoined { status } => {
+                let old = self.get_node(&event.node_id)?;
+                let new = fold::node_joined(old.clone(), minute, status);
+                self.put_node(&event.node_id, old, Some(new))?;
+            }
+            EventKind::NodeLeft { status } => {
+                let old = self.get_node(&event.node_id)?;
+                let new = fold::node_left(old.clone(), status);
+                self.put_node(&event.node_id, old, new)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_task(&self, id: &Digest) -> Result<Option<TaskRecord>, Error> {
+        match self.tasks.get(&id.0)? {
+            Some(b) => Ok(Some(decode("tasks", b.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_task(
+        &mut self,
+        id: &Digest,
+        old: Option<TaskRecord>,
+        new: TaskRecord,
+    ) -> Result<(), Error> {
+        if old.as_ref() == Some(&new) {
+            return Ok(()); // a repeated report changes nothing
+        }
+        self.shift(
+            old.as_ref(),
+            Some(&new),
+            |t| Some(t.first_seen),
+            Counters::task,
+        );
+        self.tasks.insert(&id.0, encode(&new).as_slice())?;
+        Ok(())
+    }
+
+    fn get_node(&self, node_id: &str) -> Result<Option<NodeRecord>, Error> {
+        match self.nodes.get(node_id)? {
+            Some(b) => Ok(Some(decode("nodes", b.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_node(
+        &mut self,
+        node_id: &str,
+        old: Option<NodeRecord>,
+        new: Option<NodeRecord>,
+    ) -> Result<(), Error> {
+        let Some(new) = new else { return Ok(()) };
+        if old.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        if old.is_none() {
+            self.node_count += 1;
+        }
+        self.shift(old.as_ref(), Some(&new), |n| n.last_seen, Counters::node);
+        self.nodes.insert(node_id, encode(&new).as_slice())?;
+        Ok(())
+    }
+
+    /// Adds the batch's deltas to every level's buckets and writes the batch's position.
+    fn flush(mut self) -> Result<(), Error> {
+        let mut rows: HashMap<(u8, i64), Counters> = HashMap::new();
+        for (minute, delta) in self.deltas.drain() {
+            for key in buckets_of(minute) {
+                rows.entry(key).or_default().merge(&delta, 1);
+            }
+        }
+        for (key, delta) in rows {
+            if delta.is_zero() {
+                continue;
+            }
+            let mut current: Counters = match self.counters.get(key)? {
+                Some(b) => decode("counters", b.value())?,
+                None => Counters::default(),
+            };
+            current.merge(&delta, 1);
+            if current.is_zero() {
+                self.counters.remove(key)?;
+            } else {
+                self.counters.insert(key, encode(&current).as_slice())?;
+            }
+        }
+        for (table, counts) in [
+            (&mut self.rejection_table, &self.rejections),
+            (&mut self.event_table, &self.events),
+        ] {
+            for (key, n) in counts {
+                let before = table.get(*key)?.map(|v| v.value()).unwrap_or(0);
+                table.insert(*key, before + n)?;
+            }
+        }
+        self.meta
+            .insert(meta::LAST_SEQ, self.last_seq.to_le_bytes().as_slice())?;
+        self.meta
+            .insert(meta::NODES, self.node_count.to_le_bytes().as_slice())?;
+        self.meta.insert(
+            meta::PUBLISHERS,
+            self.publisher_count.to_le_bytes().as_slice(),
+        )?;
+        Ok(())
+    }
+}
+
+/// A consistent read view for snapshots.
+struct Reader {
+    counters: redb::ReadOnlyTable<(u8, i64), &'static [u8]>,
+    total_nodes: u64,
+}
+
+/// Active nodes are those heartbeating within this many minutes of `T`.
+const ACTIVE_MINUTES: i64 = 5;
+
+impl Reader {
+    fn open(db: &Database) -> Result<Self, Error> {
+        let txn = db.begin_read()?;
+        let total_nodes = read_u64(&txn.open_table(tables::META)?, meta::NODES)?.unwrap_or(0);
+        Ok(Reader {
+            counters: txn.open_table(tables::COUNTERS)?,
+            total_nodes,
+        })
+    }
+
+    fn recent(&self, at: Minute) -> Result<Counters, Error> {
+        self.window(Some(at - ACTIVE_MINUTES), at)
+    }
+
+    fn last_day(&self, at: Minute) -> Result<Counters, Error> {
+        self.window(Period::Day.minutes().map(|m| at - m), at)
+    }
+
+    fn snapshot(
+        &self,
+        at: Minute,
+        period: Period,
+        recent: &Counters,
+        day: &Counters,
+    ) -> Result<Snapshot, Error> {
+        let window = self.window(period.minutes().map(|m| at - m), at)?;
+        Ok(Snapshot::new(
+            at,
+            period,
+            &window,
+            recent,
+            day,
+            self.total_nodes,
+        ))
+    }
+
+    /// The counters of the minutes `lo..=hi`; `lo` of `None` is the beginning of time.
+    fn window(&self, lo: Option<Minute>, hi: Minute) -> Result<Counters, Error> {
+        if let Some(lo) = lo {
+            return self.sum(lo, hi);
+        }
+        // All time is the grand total less whatever lies after `hi`, which is usually nothing.
+        let mut total = self.row((TOTAL, 0))?;
+        let last = self
+            .counters
+            .range((MINUTE, i64::MIN)..=(MINUTE, i64::MAX))?
+            .next_back()
+            .transpose()?;
+        if let Some((key, _)) = last {
+            let (_, latest) = key.value();
+            if latest > hi {
+                total.merge(&self.sum(hi + 1, latest)?, -1);
+            }
+        }
+        Ok(total)
+    }
+
+    fn sum(&self, lo: Minute, hi: Minute) -> Result<Counters, Error> {
+        let mut acc = Counters::default();
+        for run in cover(lo, hi) {
+            for row in self
+                .counters
+                .range((run.level, run.from)..=(run.level, run.to))?
+            {
+                let (_, bytes) = row?;
+                acc.merge(&decode::<Counters>("counters", bytes.value())?, 1);
+            }
+        }
+        Ok(acc)
+    }
+
+    fn row(&self, key: (u8, i64)) -> Result<Counters, Error> {
+        match self.counters.get(key)? {
+            Some(b) => decode("counters", b.value()),
+            None => Ok(Counters::default()),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The projections database as a whole: exactly-once positions, refusals, schema versions.
+
+use truebit_projections::{Error, Input, Period, Projections};
+use truebit_streams::{Digest, Event, EventKind, Heartbeat, Minute, Reason};
+
+const T0: Minute = 29_000_000;
+
+fn heartbeat(node: &str, minute: Minute) -> Event {
+    Event {
+        node_id: node.into(),
+        minute,
+        kind: EventKind::HeartbeatReported(Heartbeat::default()),
+    }
+}
+
+fn db() -> (tempfile::TempDir, Projections) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Projections::open(dir.path().join("nested/dir/p.redb")).unwrap();
+    (dir, db)
+}
+
+#[test]
+fn inputs_at_or_below_the_position_are_skipped() {
+    let (_dir, db) = db();
+    let batch: Vec<Input> = (1..=3)
+        .map(|seq| Input {
+            seq,
+            event: Ok(heartbeat("node-a", T0)),
+        })
+        .collect();
+    let first = db.apply(&batch).unwrap();
+    assert_eq!((first.folded, first.skipped, first.last_seq), (3, 0, 3));
+    // Redelivered, with one new message behind them.
+    let mut again = batch.clone();
+    again.push(Input {
+        seq: 4,
+        event: Ok(heartbeat("node-a", T0)),
+    });
+    let second = db.apply(&again).unwrap();
+    assert_eq!((second.folded, second.skipped, second.last_seq), (1, 3, 4));
+    assert_eq!(db.node("node-a").unwrap().unwrap().heartbeat_count, 4);
+    assert_eq!(db.last_seq().unwrap(), 4);
+}
+
+#[test]
+fn refusals_advance_the_position_and_are_counted() {
+    let (_dir, db) = db();
+    db.apply(&[
+        Input {
+            seq: 1,
+            event: Err(Reason::Schema),
+        },
+        Input {
+            seq: 2,
+            event: Ok(heartbeat("node-a", T0)),
+        },
+        Input {
+            seq: 3,
+            event: Err(Reason::Schema),
+        },
+        Input {
+            seq: 4,
+            event: Err(Reason::Clock),
+        },
+    ])
+    .unwrap();
+    assert_eq!(db.last_seq().unwrap(), 4);
+    let r = db.rejections().unwrap();
+    assert_eq!((r["schema"], r["clock"]), (2, 1));
+    assert_eq!(db.event_counts().unwrap()["heartbeat"], 1);
+}
+
+#[test]
+fn a_task_reported_by_three_nodes_is_one_task_with_three_reporters() {
+    let (_dir, db) = db();
+    let task = Digest([9; 32]);
+    let received = |node: &str, seq| Input {
+        seq,
+        event: Ok(Event {
+            node_id: node.into(),
+            minute: T0,
+            kind: EventKind::TaskReceived {
+                task,
+                chain_id: Some("1".into()),
+                task_type: None,
+            },
+        }),
+    };
+    db.apply(&[
+        received("node-a", 1),
+        received("node-b", 2),
+        received("node-c", 3),
+        received("node-a", 4),
+    ])
+    .unwrap();
+    assert_eq!(db.task(&task).unwrap().unwrap().reporting_nodes, 3);
+    assert_eq!(db.snapshot(T0, Period::All).unwrap().total_tasks, 1);
+}
+
+#[test]
+fn the_position_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.redb");
+    Projections::open(&path)
+        .unwrap()
+        .apply(&[Input {
+            seq: 7,
+            event: Ok(heartbeat("n", T0)),
+        }])
+        .unwrap();
+    let db = Projections::open_existing(&path).unwrap();
+    assert_eq!(db.last_seq().unwrap(), 7);
+    assert_eq!(db.snapshot(T0, Period::All).unwrap().total_nodes, 1);
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nope.redb");
+    let err = Projections::open_existing(&path)
+        .err()
+        .expect("no database there");
+    assert!(matches!(err, Error::Missing { .. }));
+    assert!(err.to_string().contains("nope.redb"), "{err}");
+    assert!(!path.exists(), "looking must not create it");
+}
+
+#[test]
+fn a_database_held_by_another_handle_is_reported_as_locked() {
+    let (dir, _db) = db();
+    let err = Projections::open_existing(dir.path().join("nested/dir/p.redb"))
+        .err()
+        .expect("locked");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+}
+
+#[test]
+fn another_schema_version_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.redb");
+    {
+        let raw = redb::Database::create(&path).unwrap();
+        let txn = raw.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        txn.open_table(meta)
+            .unwrap()
+            .insert("schema_version", 99u64.to_le_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Projections::open(&path).err().expect("refused");
+    assert!(
+        matches!(err, Error::SchemaVersion { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("replay"), "{err}");
+}
