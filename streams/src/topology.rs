@@ -294,10 +294,12 @@ pub fn consumer_config(start: u64) -> pull::Config {
 /// Opens the durable consumer so that it delivers the message after `applied`, the last sequence
 /// the database holds.
 ///
-/// A consumer that acked past `applied` (the database was replaced by an older one, or rebuilt)
-/// would skip messages the database never saw, and one far behind would redeliver thousands of
-/// messages only to have them ignored: both are recreated at `applied + 1`. A consumer a little
-/// behind is kept; what it redelivers is acked as already folded.
+/// The database's position is the truth; the consumer is recreated at `applied + 1` whenever it
+/// disagrees in a way that would cost something: it acked past `applied` (the database was
+/// replaced by an older one: it would skip messages the database never saw), it delivered past
+/// `applied` (to a process that died or stopped with messages in flight: they would come back
+/// only after `ack_wait`, leaving a gap), or it is far behind (thousands of redeliveries only to
+/// be skipped). A consumer a little behind is kept; what it redelivers is skipped as folded.
 pub async fn aggregator_consumer(
     events: &Stream,
     applied: u64,

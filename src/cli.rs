@@ -1,0 +1,238 @@
+//! The command line of contract §6: each setting a flag with an environment fallback.
+
+use crate::{Error, NatsConfig, ServeConfig, StatsConfig};
+use clap::{Args, Parser, Subcommand};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use truebit_projections::Period;
+use truebit_streams::topology::TopologyConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "truebit-federation",
+    version,
+    about = "Aggregates TrueBit Monitor federation events from NATS JetStream into network-wide statistics"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// NATS server to use.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+    /// The projections database (redb).
+    #[arg(
+        long,
+        env = "DB_PATH",
+        default_value = "./data/aggregator.redb",
+        global = true
+    )]
+    pub db_path: PathBuf,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "NATS_USER", global = true)]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "NATS_PASSWORD", global = true, hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "NATS_TOKEN", global = true, hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS .creds file (JWT and nkey).
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the topology if missing, catch up, fold live, publish snapshots.
+    Serve(ServeArgs),
+    /// Print a snapshot, from the database or from the running serve.
+    Stats(StatsArgs),
+    /// Create or update the JetStream topology and exit.
+    Init(TopologyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Milliseconds between snapshots.
+    #[arg(long, env = "PUBLISH_INTERVAL", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub publish_interval: u64,
+    /// Most messages folded in one database transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub batch_size: u64,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// Replicas of every stream (1 on one server, 3 on a cluster).
+    #[arg(long, env = "REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub replicas: u64,
+    /// How long TRUEBIT_EVENTS keeps raw events (e.g. 90d); 0 keeps them forever.
+    #[arg(long, env = "EVENTS_MAX_AGE", default_value = "0", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+    /// How long TRUEBIT_DLQ keeps dead letters.
+    #[arg(long, env = "DLQ_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
+    pub dlq_max_age: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// 1h, 24h, 7d or all.
+    #[arg(long, default_value = "all", value_parser = |p: &str| crate::query::parse_period(p))]
+    pub period: Period,
+    /// Evaluate the windows at this RFC 3339 time instead of now.
+    #[arg(long, value_parser = |a: &str| crate::query::parse_at(a))]
+    pub at: Option<i64>,
+    /// Print the exact object stored under period.<P>.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `0`, or a number with a unit: `s`, `m`, `h`, `d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write e.g. 90d, 12h, 30m or 0"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{s:?} has no unit; write e.g. 90d, 12h, 30m, 45s, or 0 for unlimited"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+impl TopologyArgs {
+    fn config(&self) -> TopologyConfig {
+        TopologyConfig {
+            replicas: self.replicas as usize,
+            events_max_age: self.events_max_age,
+            dlq_max_age: self.dlq_max_age,
+        }
+    }
+}
+
+impl Global {
+    fn nats(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.nats_url.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            creds: self.nats_creds.clone(),
+        }
+    }
+}
+
+/// Runs a parsed command line; returns what to print on standard output.
+pub async fn run(
+    cli: Cli,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<String, Error> {
+    let nats = cli.global.nats();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig {
+                nats,
+                db_path: cli.global.db_path,
+                publish_interval: Duration::from_millis(args.publish_interval),
+                topology: args.topology.config(),
+                batch_size: args.batch_size as usize,
+            };
+            crate::serve(config, shutdown).await?;
+            Ok(String::new())
+        }
+        Command::Stats(args) => {
+            let config = StatsConfig {
+                nats,
+                db_path: cli.global.db_path,
+                period: args.period,
+                at: args.at,
+                json: args.json,
+            };
+            let snapshot = crate::stats(&config).await?;
+            Ok(if config.json {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&snapshot).expect("JSON values serialize")
+                )
+            } else {
+                crate::render(&snapshot)
+            })
+        }
+        Command::Init(args) => crate::init(&nats, &args.config()).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert!(parse_duration("90").unwrap_err().contains("no unit"));
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("1w").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses_as_the_contract_says() {
+        Cli::command_for_tests().debug_assert();
+        let cli = Cli::try_parse_from([
+            "truebit-federation",
+            "stats",
+            "--period",
+            "7d",
+            "--json",
+            "--db-path",
+            "x.redb",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stats(StatsArgs {
+                period: Period::Week,
+                json: true,
+                ..
+            })
+        ));
+        assert_eq!(cli.global.db_path, PathBuf::from("x.redb"));
+        let bad =
+            Cli::try_parse_from(["truebit-federation", "stats", "--period", "2h"]).unwrap_err();
+        assert!(bad.to_string().contains("1h, 24h, 7d, all"), "{bad}");
+        let bad =
+            Cli::try_parse_from(["truebit-federation", "stats", "--at", "yesterday"]).unwrap_err();
+        assert!(bad.to_string().contains("RFC 3339"), "{bad}");
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The service's errors, and the one place that decides exit codes.
+
+use std::path::PathBuf;
+use truebit_streams::topology::TopologyError;
+
+/// What went wrong, worded for the operator, with the exit code it earns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach NATS at {url}: {source}; check that nats-server is running there (with -js) and that --nats-url / NATS_URL and the credentials are right")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error(
+        "cannot read the NATS credentials file {path}: {source}; check --nats-creds / NATS_CREDS"
+    )]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Projections(#[from] truebit_projections::Error),
+    #[error("{what} failed on NATS: {detail}; the server may be restarting: the aggregator retries by itself, so check the server if this repeats")]
+    Nats { what: String, detail: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("the running serve could not answer: {0}")]
+    Remote(String),
+    #[error("{0}")]
+    CheckFailed(String),
+}
+
+impl Error {
+    /// 0 success, 1 a failed check, 2 bad usage or config, 3 cannot reach NATS.
+    pub fn exit_code(&self) -> i32 {
+        use truebit_projections::Error as P;
+        match self {
+            Error::Connect { .. } | Error::Nats { .. } => 3,
+            Error::Topology(TopologyError::JetStream { .. }) => 3,
+            Error::Topology(_) => 2,
+            Error::Credentials { .. } | Error::Usage(_) => 2,
+            Error::Projections(
+                P::Missing { .. }
+                | P::Locked { .. }
+                | P::SchemaVersion { .. }
+                | P::Open { .. }
+                | P::CreateDir { .. },
+            ) => 2,
+            Error::Remote(_) => 3,
+            Error::Projections(_) | Error::CheckFailed(_) => 1,
+        }
+    }
+
+    pub(crate) fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::Nats {
+            what: what.into(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// Runs blocking redb work off the async executor's threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, truebit_projections::Error> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Error::from),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}

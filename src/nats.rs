@@ -1,0 +1,68 @@
+//! Connecting to NATS with the operator's credentials.
+
+use crate::Error;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where NATS is and who we are there.
+#[derive(Debug, Clone, Default)]
+pub struct NatsConfig {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub creds: Option<PathBuf>,
+}
+
+impl NatsConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            ..NatsConfig::default()
+        }
+    }
+
+    /// Connects, failing at once if the server cannot be reached; after that, the client
+    /// reconnects by itself for as long as it takes.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
+        let mut options = match &self.creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|source| Error::Credentials {
+                    path: path.clone(),
+                    source,
+                })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        match (&self.user, &self.password) {
+            (Some(user), Some(password)) => {
+                options = options.user_and_password(user.clone(), password.clone())
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Usage(
+                    "--nats-user and --nats-password go together: give both or neither".into(),
+                ))
+            }
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        let url = self.url.clone();
+        options
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting")
+                    }
+                    other => tracing::warn!(event = %other, "NATS"),
+                }
+            })
+            .connect(&self.url)
+            .await
+            .map_err(|source| Error::Connect { url, source })
+    }
+}

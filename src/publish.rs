@@ -1,0 +1,83 @@
+//! Snapshots out: `truebit.stats.aggregated` and the `truebit-stats` KV bucket.
+
+use crate::error::blocking;
+use async_nats::jetstream::kv;
+use async_nats::HeaderMap;
+use std::sync::Arc;
+use std::time::Instant;
+use truebit_projections::{Period, Projections, Snapshot};
+use truebit_streams::{subjects, Minute};
+
+/// The header on every published snapshot naming the last stream sequence folded into it, so
+/// that a reader can tell how fresh it is.
+pub const HEADER_LAST_SEQ: &str = "Truebit-Last-Seq";
+
+#[derive(Clone)]
+pub(crate) struct Publisher {
+    client: async_nats::Client,
+    kv: kv::Store,
+    db: Arc<Projections>,
+}
+
+/// The current minute: the snapshot time `T` of contract §5.1.
+pub(crate) fn now_minute() -> Minute {
+    chrono::Utc::now().timestamp().div_euclid(60)
+}
+
+impl Publisher {
+    pub fn new(client: async_nats::Client, kv: kv::Store, db: Arc<Projections>) -> Self {
+        Publisher { client, kv, db }
+    }
+
+    pub async fn snapshots(&self, at: Minute) -> Result<Vec<Snapshot>, crate::Error> {
+        let db = self.db.clone();
+        blocking(move || db.snapshots(at)).await
+    }
+
+    /// Publishes the snapshot of every period at the current minute. Failures are logged, not
+    /// fatal: the next interval publishes again.
+    pub async fn publish(&self, applied: u64) {
+        let started = Instant::now();
+        let snapshots = match self.snapshots(now_minute()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot compute the snapshot");
+                return;
+            }
+        };
+        let computed = started.elapsed();
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_LAST_SEQ, applied.to_string().as_str());
+        for snapshot in &snapshots {
+            let body =
+                serde_json::to_vec(&snapshot.to_period_message()).expect("JSON values serialize");
+            if let Err(e) = self.kv.put(snapshot.period.kv_key(), body.into()).await {
+                tracing::warn!(error = %e, key = %snapshot.period.kv_key(), "cannot store the snapshot in KV");
+            }
+            if snapshot.period == Period::All {
+                let body =
+                    serde_json::to_vec(&snapshot.to_message()).expect("JSON values serialize");
+                if let Err(e) = self.kv.put("latest", body.clone().into()).await {
+                    tracing::warn!(error = %e, "cannot store the snapshot under latest");
+                }
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(subjects::STATS_AGGREGATED, headers.clone(), body.into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot publish the snapshot");
+                }
+            }
+        }
+        if let Some(all) = snapshots.iter().find(|s| s.period == Period::All) {
+            tracing::info!(
+                applied,
+                tasks = all.total_tasks,
+                active_nodes = all.active_nodes,
+                compute_ms = computed.as_secs_f64() * 1e3,
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
+                "published snapshot"
+            );
+        }
+    }
+}

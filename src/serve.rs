@@ -1,0 +1,389 @@
+//! `serve`: catch up, fold live, publish snapshots, answer `stats` queries.
+
+use crate::error::blocking;
+use crate::publish::Publisher;
+use crate::{query, Error, NatsConfig};
+use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use truebit_projections::{Input, Projections};
+use truebit_streams::topology::{self, TopologyConfig};
+use truebit_streams::{validate, DeadLetter};
+
+/// Everything `serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub nats: NatsConfig,
+    pub db_path: PathBuf,
+    pub publish_interval: Duration,
+    pub topology: TopologyConfig,
+    /// The most messages folded in one redb transaction.
+    pub batch_size: usize,
+}
+
+impl ServeConfig {
+    pub fn new(nats_url: impl Into<String>, db_path: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            nats: NatsConfig::new(nats_url),
+            db_path: db_path.into(),
+            publish_interval: Duration::from_secs(30),
+            topology: TopologyConfig::default(),
+            batch_size: 2000,
+        }
+    }
+}
+
+/// How long a batch waits to fill before it is folded as it is.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// How often catch-up reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the aggregator until `shutdown` completes, then finishes the batch in hand, commits it
+/// and returns.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let client = config.nats.connect("truebit-federation serve").await?;
+    let js = jetstream::new(client.clone());
+    let topology = topology::ensure(&js, &config.topology).await?;
+    let path = config.db_path.clone();
+    let db = Arc::new(blocking(move || Projections::open(path)).await?);
+    let applied = {
+        let db = db.clone();
+        blocking(move || db.last_seq()).await?
+    };
+    let mut events = topology.events.clone();
+    let target = events
+        .info()
+        .await
+        .map_err(|e| Error::nats("reading stream TRUEBIT_EVENTS", e))?
+        .state
+        .last_sequence;
+    let consumer = topology::aggregator_consumer(&topology.events, applied).await?;
+    tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
+
+    let publisher = Publisher::new(client.clone(), topology.stats.clone(), db.clone());
+    let responder = tokio::spawn(query::answer(
+        client.clone(),
+        publisher.clone(),
+        stop.clone(),
+    ));
+    let mut folder = Folder {
+        js,
+        events: topology.events.clone(),
+        db,
+        applied,
+        stop: stop.clone(),
+    };
+
+    let mut messages = open_messages(&consumer, config.batch_size).await?;
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.publish_interval,
+        config.publish_interval,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut catch_up = CatchUp::new(applied, target);
+    if catch_up.done {
+        publisher.publish(folder.applied).await;
+    }
+
+    let mut stop_rx = stop.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop_rx.changed() => break,
+            _ = ticker.tick() => publisher.publish(folder.applied).await,
+            batch = messages.next() => match batch {
+                Some(batch) => {
+                    folder.fold(batch).await?;
+                    if catch_up.progress(folder.applied) {
+                        publisher.publish(folder.applied).await;
+                    }
+                }
+                None => {
+                    tracing::warn!("the consumer's message stream ended; reopening it");
+                    messages = reopen(&consumer, config.batch_size, &stop).await?;
+                }
+            },
+        }
+    }
+    // The select! above only stops between batches: the last one is committed and acked.
+    let _ = responder.await;
+    tracing::info!(applied = folder.applied, "stopped");
+    Ok(())
+}
+
+type Delivery = Result<
+    jetstream::Message,
+    async_nats::error::Error<jetstream::consumer::pull::MessagesErrorKind>,
+>;
+type Batches = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Vec<Delivery>> + Send>>;
+
+async fn open_messages(consumer: &PullConsumer, batch: usize) -> Result<Batches, Error> {
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| Error::nats("pulling from consumer aggregator", e))?;
+    // The adapter owns the batch being filled, so a select! that drops `next()` loses nothing.
+    Ok(Box::pin(messages.chunks_timeout(batch, BATCH_LINGER)))
+}
+
+async fn reopen(
+    consumer: &PullConsumer,
+    batch: usize,
+    stop: &watch::Receiver<bool>,
+) -> Result<Batches, Error> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match open_messages(consumer, batch).await {
+            Ok(m) => return Ok(m),
+            Err(e) if !*stop.borrow() => {
+                tracing::warn!(error = %e, "cannot reopen the consumer yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Start-up catch-up: folding up to the stream's last sequence at start.
+struct CatchUp {
+    target: u64,
+    from: u64,
+    started: Instant,
+    last_report: Instant,
+    done: bool,
+}
+
+impl CatchUp {
+    fn new(applied: u64, target: u64) -> Self {
+        let done = applied >= target;
+        if done {
+            tracing::info!(applied, "caught up");
+        }
+        CatchUp {
+            target,
+            from: applied,
+            started: Instant::now(),
+            last_report: Instant::now(),
+            done,
+        }
+    }
+
+    /// Notes progress; true exactly once, when catch-up completes.
+    fn progress(&mut self, applied: u64) -> bool {
+        if self.done {
+            return false;
+        }
+        let rate = (applied - self.from) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        if applied >= self.target {
+            self.done = true;
+            tracing::info!(
+                applied,
+                folded = applied - self.from,
+                seconds = self.started.elapsed().as_secs_f64(),
+                rate = rate as u64,
+                "caught up"
+            );
+            return true;
+        }
+        if self.last_report.elapsed() >= PROGRESS_EVERY {
+            self.last_report = Instant::now();
+            let eta = (self.target - applied) as f64 / rate.max(1.0);
+            tracing::info!(
+                applied,
+                target = self.target,
+                rate = rate as u64,
+                eta_seconds = eta as u64,
+                "catching up"
+            );
+        }
+        false
+    }
+}
+
+/// A message taken from the stream, by whichever way it came.
+struct Stored {
+    seq: u64,
+    subject: String,
+    payload: Bytes,
+    time: DateTime<Utc>,
+}
+
+/// The live fold: validates, dead-letters, commits, then acks.
+struct Folder {
+    js: jetstream::Context,
+    events: Stream,
+    db: Arc<Projections>,
+    applied: u64,
+    stop: watch::Receiver<bool>,
+}
+
+impl Folder {
+    async fn fold(&mut self, batch: Vec<Delivery>) -> Result<(), Error> {
+        let mut delivered: Vec<(u64, jetstream::Message)> = Vec::with_capacity(batch.len());
+        for item in batch {
+            match item {
+                Ok(msg) => match msg.info() {
+                    Ok(info) => delivered.push((info.stream_sequence, msg)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a delivery without JetStream metadata; ignored")
+                    }
+                },
+                // Missed heartbeats and the like while the server restarts: the stream recovers.
+                Err(e) => tracing::debug!(error = %e, "pull consumer"),
+            }
+        }
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        delivered.sort_by_key(|(seq, _)| *seq);
+
+        // Fold in stream order with no gap: a delivery lost in flight (a reconnect, say) would
+        // otherwise be skipped for good once a later sequence is committed. The stream is the
+        // record, so a gap is filled by reading it.
+        let mut stored = Vec::with_capacity(delivered.len());
+        let mut cursor = self.applied;
+        for (seq, msg) in &delivered {
+            if *seq <= cursor {
+                continue;
+            }
+            if *seq > cursor + 1 {
+                match self.read_range(cursor + 1, *seq).await {
+                    Ok(filled) => stored.extend(filled),
+                    Err(e) => {
+                        tracing::warn!(error = %e, from = cursor + 1, to = seq - 1, "cannot fill a gap from the stream yet; the batch will be redelivered");
+                        return Ok(());
+                    }
+                }
+            }
+            let published = msg
+                .info()
+                .map(|i| i.published)
+                .unwrap_or_else(|_| Utc::now());
+            stored.push(Stored {
+                seq: *seq,
+                subject: msg.subject.to_string(),
+                payload: msg.payload.clone(),
+                time: published,
+            });
+            cursor = *seq;
+        }
+
+        let mut inputs = Vec::with_capacity(stored.len());
+        let mut dead = Vec::new();
+        for m in &stored {
+            let event = validate(&m.subject, &m.payload, m.time).map_err(|rejection| {
+                dead.push(DeadLetter::new(&rejection, &m.subject, m.seq, &m.payload));
+                tracing::debug!(seq = m.seq, %rejection, "dead-lettered");
+                rejection.reason
+            });
+            inputs.push(Input { seq: m.seq, event });
+        }
+        if !dead.is_empty() && !self.store_dead_letters(&dead).await {
+            return Ok(()); // stopping: nothing committed, nothing acked, all redelivered later
+        }
+        if !inputs.is_empty() {
+            let db = self.db.clone();
+            let applied = blocking(move || db.apply(&inputs)).await?;
+            self.applied = applied.last_seq;
+        }
+        for (_, msg) in delivered {
+            if let Err(e) = msg.ack().await {
+                tracing::debug!(error = %e, "ack lost; the message will be redelivered and skipped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages `from..to` as the stream holds them; sequences it no longer holds are absent.
+    async fn read_range(&self, from: u64, to: u64) -> Result<Vec<Stored>, Error> {
+        let mut out = Vec::new();
+        let mut seq = from;
+        while seq < to {
+            match self.events.get_first_raw_message_by_subject(">", seq).await {
+                Ok(raw) if raw.sequence < to => {
+                    seq = raw.sequence + 1;
+                    out.push(Stored {
+                        seq: raw.sequence,
+                        subject: raw.subject.to_string(),
+                        payload: raw.payload,
+                        time: raw.time,
+                    });
+                }
+                Ok(_) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::stream::RawMessageErrorKind::NoMessageFound
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => return Err(Error::nats("reading TRUEBIT_EVENTS", e)),
+            }
+        }
+        if !out.is_empty() {
+            tracing::info!(
+                from,
+                to = to - 1,
+                filled = out.len(),
+                "filled a delivery gap from the stream"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores dead letters, retrying until JetStream has them all; false if asked to stop first.
+    async fn store_dead_letters(&self, dead: &[DeadLetter]) -> bool {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.try_store_dead_letters(dead).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    if *self.stop.borrow() {
+                        return false;
+                    }
+                    tracing::warn!(error = %e, "cannot store dead letters in TRUEBIT_DLQ yet; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn try_store_dead_letters(&self, dead: &[DeadLetter]) -> Result<(), Error> {
+        let mut acks = Vec::with_capacity(dead.len());
+        for d in dead {
+            let ack = self
+                .js
+                .publish_with_headers(d.subject.clone(), d.headers.clone(), d.payload.clone())
+                .await
+                .map_err(|e| Error::nats("publishing a dead letter", e))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| Error::nats("storing a dead letter", e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Shared by the integration tests: a served aggregator over a real nats-server of the test's own.
+#![allow(dead_code)] // each test binary uses its own part of this
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use std::path::PathBuf;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use truebit_federation::{serve, Error, ServeConfig, HEADER_LAST_SEQ};
+use truebit_testkit::NatsServer;
+
+/// Long enough for a loaded 2-core CI machine, short enough to fail a stuck test.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub struct Served {
+    pub server: NatsServer,
+    pub dir: TempDir,
+    pub db_path: PathBuf,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), Error>>>,
+}
+
+pub fn config(url: &str, db_path: &std::path::Path) -> ServeConfig {
+    let mut c = ServeConfig::new(url, db_path);
+    c.publish_interval = Duration::from_millis(200);
+    c
+}
+
+impl Served {
+    /// A fresh server and an aggregator serving it.
+    pub async fn start() -> Self {
+        let server = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("aggregator.redb");
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = jetstream::new(client.clone());
+        let mut s = Served {
+            server,
+            dir,
+            db_path,
+            client,
+            js,
+            stop: None,
+            task: None,
+        };
+        s.serve();
+        s.wait_for_topology().await;
+        s
+    }
+
+    /// Starts (again) the in-process aggregator.
+    pub fn serve(&mut self) {
+        let (tx, rx) = oneshot::channel();
+        let cfg = config(&self.server.url(), &self.db_path);
+        self.task = Some(tokio::spawn(serve(cfg, async move {
+            let _ = rx.await;
+        })));
+        self.stop = Some(tx);
+    }
+
+    async fn wait_for_topology(&self) {
+        // The aggregator creates the topology; a first snapshot on KV means it is in place.
+        self.next_snapshot().await;
+    }
+
+    /// Stops the aggregator as SIGTERM would, and returns what serve returned.
+    pub async fn stop(&mut self) -> Result<(), Error> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("serving");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("serve stops")
+            .expect("serve does not panic")
+    }
+
+    /// Publishes through JetStream and returns the stream sequence of the last message.
+    pub async fn publish(&self, messages: &[(String, Vec<u8>)]) -> u64 {
+        let mut acks = Vec::new();
+        for (subject, payload) in messages {
+            acks.push(
+                self.js
+                    .publish(subject.clone(), payload.clone().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut last = 0;
+        for ack in acks {
+            last = ack.await.unwrap().sequence;
+        }
+        last
+    }
+
+    /// The next snapshot published on `truebit.stats.aggregated`, with the last folded sequence.
+    pub async fn next_snapshot(&self) -> (u64, serde_json::Value) {
+        let mut sub = self
+            .client
+            .subscribe("truebit.stats.aggregated")
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .expect("a snapshot is published")
+            .unwrap();
+        let seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_LAST_SEQ))
+            .map(|v| v.as_str().parse().unwrap())
+            .unwrap();
+        (seq, serde_json::from_slice(&msg.payload).unwrap())
+    }
+
+    /// Waits until a published snapshot has folded everything up to `seq`; returns it.
+    pub async fn wait_folded(&self, seq: u64) -> serde_json::Value {
+        wait_folded(&self.client, seq).await
+    }
+}
+
+/// Waits for a snapshot that has folded `seq`, as every running aggregator publishes them.
+pub async fn wait_folded(client: &async_nats::Client, seq: u64) -> serde_json::Value {
+    let mut sub = client.subscribe("truebit.stats.aggregated").await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("sequence {seq} was not folded in time"))
+            .unwrap();
+        let folded: u64 = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_LAST_SEQ))
+            .unwrap()
+            .as_str()
+            .parse()
+            .unwrap();
+        if folded >= seq {
+            return serde_json::from_slice(&msg.payload).unwrap();
+        }
+    }
+}
+
+/// A message as a node of today's monitor sends it.
+pub fn msg(subject: &str, body: serde_json::Value) -> (String, Vec<u8>) {
+    (subject.to_string(), serde_json::to_vec(&body).unwrap())
+}
+
+pub fn hash(n: u64) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(n.to_le_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

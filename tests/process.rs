@@ -1,0 +1,268 @@
+//! The binary as an operator runs it: signals, crashes, exit codes, `stats` beside `serve`.
+
+mod common;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use truebit_projections::{Period, Projections};
+use truebit_testkit::{signal, Fleet, NatsServer, SIGKILL, SIGTERM};
+
+const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
+
+fn command(url: &str, db: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("NATS_URL", url)
+        .env("DB_PATH", db)
+        .env("PUBLISH_INTERVAL", "200")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Starts `serve` and returns it once it logged that it is serving, with its log lines.
+// The caller owns the child and waits for it; on the panicking path the test dies anyway.
+#[allow(clippy::zombie_processes)]
+fn spawn_serve(url: &str, db: &Path) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command(url, db)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(common::PATIENCE)
+            .expect("serve logs that it is serving");
+        if line.contains("serving") {
+            return (child, rx);
+        }
+        assert!(
+            !line.contains("ERROR") && !line.starts_with("error"),
+            "serve failed: {line}"
+        );
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+async fn publish_fleet(
+    js: &jetstream::Context,
+    fleet: &Fleet,
+    tasks: u64,
+) -> (u64, truebit_testkit::Expected) {
+    let (messages, expected) = fleet.generate(tasks);
+    let mut last = 0;
+    for chunk in messages.chunks(5000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", m.msg_id.as_str());
+            acks.push(
+                js.publish_with_headers(m.subject, headers, m.payload.clone().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            last = ack.await.unwrap().sequence;
+        }
+    }
+    (last, expected)
+}
+
+/// Every count the simulated fleet knows, read back from the database.
+fn assert_exact(db_path: &Path, fleet: &Fleet, expected: &truebit_testkit::Expected) {
+    let db = Projections::open_existing(db_path).unwrap();
+    let at = chrono::Utc::now().timestamp() / 60 + 10;
+    let all = db.snapshot(at, Period::All).unwrap();
+    assert_eq!(
+        (
+            all.total_tasks,
+            all.completed_tasks,
+            all.failed_tasks,
+            all.cached_tasks,
+            all.total_invoices,
+            all.total_nodes
+        ),
+        (
+            expected.tasks,
+            expected.completed,
+            expected.failed,
+            expected.cached,
+            expected.invoices,
+            expected.nodes
+        )
+    );
+    assert_eq!(
+        db.event_counts().unwrap().values().sum::<u64>(),
+        expected.events,
+        "every message folded exactly once"
+    );
+    // Heartbeats are not idempotent: folding one twice would show here.
+    let heartbeats: u64 = (0..fleet.nodes)
+        .filter_map(|n| db.node(&fleet.node_id(n)).unwrap())
+        .map(|n| n.heartbeat_count)
+        .sum();
+    assert_eq!(heartbeats, expected.heartbeats);
+    assert!(db.rejections().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn serve_killed_mid_catch_up_of_50000_events_ends_with_every_count_exact() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("aggregator.redb");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    assert!(run(command(&server.url(), &db).arg("init"))
+        .status
+        .success());
+
+    let fleet = Fleet::new(200, 42);
+    let (last, expected) = publish_fleet(&js, &fleet, 16_000).await;
+    assert!(last >= 50_000, "the fleet published {last} events");
+
+    // Watch the aggregator's acks, and kill it once it is well into the stream.
+    let mut acks = client
+        .subscribe("$JS.ACK.TRUEBIT_EVENTS.aggregator.>")
+        .await
+        .unwrap();
+    let (mut serve, _log) = spawn_serve(&server.url(), &db);
+    loop {
+        let ack = tokio::time::timeout(common::PATIENCE, acks.next())
+            .await
+            .expect("acks flow")
+            .unwrap();
+        let stream_seq: u64 = ack.subject.split('.').nth(5).unwrap().parse().unwrap();
+        if stream_seq > last / 2 {
+            break;
+        }
+    }
+    signal(&serve, SIGKILL);
+    serve.wait().unwrap();
+    let folded_before = Projections::open_existing(&db).unwrap().last_seq().unwrap();
+    assert!(
+        folded_before < last,
+        "killed mid-way: {folded_before} of {last}"
+    );
+
+    let (mut serve, _log) = spawn_serve(&server.url(), &db);
+    common::wait_folded(&client, last).await;
+    signal(&serve, SIGTERM);
+    assert!(serve.wait().unwrap().success(), "SIGTERM exits 0");
+    assert_exact(&db, &fleet, &expected);
+}
+
+#[tokio::test]
+async fn stats_reads_the_file_or_asks_the_running_serve() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("aggregator.redb");
+
+    let missing = run(command(&server.url(), &db).arg("stats"));
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains(&db.display().to_string()), "{err}");
+
+    let (mut serve, _log) = spawn_serve(&server.url(), &db);
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let ts = chrono::Utc::now().to_rfc3339();
+    let body = serde_json::json!({"version": "1.0", "type": "task_received", "timestamp": ts, "nodeId": "node-1",
+        "data": {"taskIdHash": common::hash(1), "chainId": "1"}});
+    let seq = js
+        .publish(
+            "truebit.tasks.received",
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    common::wait_folded(&client, seq).await;
+
+    // serve holds the database: stats asks it over NATS.
+    let live = run(command(&server.url(), &db).args(["stats", "--json", "--period", "24h"]));
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let live: serde_json::Value = serde_json::from_slice(&live.stdout).unwrap();
+    assert_eq!(
+        (live["period"].as_str(), live["data"]["totalTasks"].as_u64()),
+        (Some("24h"), Some(1))
+    );
+
+    signal(&serve, SIGTERM);
+    assert!(serve.wait().unwrap().success());
+
+    // Now the file is free: stats reads it directly, and says the same.
+    let offline =
+        run(command("nats://127.0.0.1:1", &db).args(["stats", "--json", "--period", "24h"]));
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&offline.stdout).unwrap();
+    assert_eq!(offline["data"], live["data"]);
+    let human = run(command(&server.url(), &db).args(["stats", "--at", "2030-01-01T00:00:00Z"]));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("TrueBit network at 2030-01-01T00:00:00.000Z over all")
+            && text.contains("tasks          1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_nats_exits_3_and_bad_usage_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.redb");
+    let out = run(command("nats://127.0.0.1:1", &db).arg("serve"));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach NATS at nats://127.0.0.1:1")
+    );
+
+    let out = run(command("nats://127.0.0.1:1", &db).args(["serve", "--publish-interval", "5"]));
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(command("nats://127.0.0.1:1", &db).args(["init", "--events-max-age", "90"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no unit"));
+}
+
+#[test]
+fn a_stream_jetstream_cannot_convert_fails_init_naming_the_setting() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let mut cfg = truebit_streams::topology::dlq_stream_config(&Default::default());
+        cfg.storage = jetstream::stream::StorageType::Memory;
+        js.create_stream(cfg).await.unwrap();
+    });
+    let out = run(command(&server.url(), &dir.path().join("a.redb")).arg("init"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TRUEBIT_DLQ") && err.contains("storage"),
+        "{err}"
+    );
+}
