@@ -2,6 +2,7 @@
 //! into an exit code (0 success, 1 a failed check, 2 bad usage or config, 3 cannot reach NATS).
 
 use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use truebit_federation::cli::{self, Cli};
 
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

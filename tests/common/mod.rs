@@ -146,6 +146,16 @@ pub async fn wait_folded(client: &async_nats::Client, seq: u64) -> serde_json::V
     }
 }
 
+pub async fn publish(js: &jetstream::Context, messages: &[(String, Vec<u8>)]) -> u64 {
+    truebit_testkit::publish_all(
+        js,
+        messages
+            .iter()
+            .map(|(s, p)| (s.as_str(), p.as_slice(), None)),
+    )
+    .await
+}
+
 /// A message as a node of today's monitor sends it.
 pub fn msg(subject: &str, body: serde_json::Value) -> (String, Vec<u8>) {
     (subject.to_string(), serde_json::to_vec(&body).unwrap())

@@ -38,6 +38,8 @@ pub struct Fleet {
     pub seed: u64,
     pub end: DateTime<Utc>,
     pub span: Duration,
+    /// The index of the first task generated, so that successive calls make new tasks.
+    pub first_task: u64,
 }
 
 const CHAINS: [&str; 4] = ["1", "5", "137", "42161"];
@@ -65,6 +67,7 @@ impl Fleet {
             seed,
             end: Utc::now(),
             span: Duration::hours(24),
+            first_task: 0,
         }
     }
 
@@ -88,13 +91,14 @@ impl Fleet {
             emit(Simulated {
                 subject,
                 payload: payload.into_bytes(),
-                msg_id: format!("sim-{}-{counter}", self.seed),
+                msg_id: format!("sim-{}-{}-{counter}", self.seed, self.first_task),
             });
         };
         let start = self.end - self.span;
         let span_minutes = self.span.num_minutes().max(1) as u64;
-        for i in 0..tasks {
-            let minute = start + Duration::minutes((i * span_minutes / tasks.max(1)) as i64);
+        for n in 0..tasks {
+            let minute = start + Duration::minutes((n * span_minutes / tasks.max(1)) as i64);
+            let i = self.first_task + n;
             let ts = stamp(minute);
             let node = rng.below(self.nodes);
             if joined.insert(node) {

@@ -7,9 +7,11 @@
 //! ```
 
 mod fleet;
+mod publish;
 mod server;
 
 pub use fleet::{Expected, Fleet, Simulated};
+pub use publish::publish_all;
 pub use server::{signal, NatsServer, SIGINT, SIGKILL, SIGTERM};
 
 use std::path::PathBuf;
