@@ -121,7 +121,7 @@ async fn raw_consume(server: &NatsServer, events: u64) -> f64 {
     while seen < events {
         let m = messages.next().await.unwrap().unwrap();
         seen += 1;
-        if seen % 1000 == 0 || seen == events {
+        if seen.is_multiple_of(1000) || seen == events {
             m.ack().await.unwrap();
         }
     }
