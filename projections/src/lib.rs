@@ -336,6 +336,24 @@ impl Projections {
         count_table(&self.db, tables::EVENTS)
     }
 
+    /// Up to `limit` differences between this database and `other`, record by record and
+    /// counter by counter, each as a sentence naming the table and the key. Empty when they
+    /// hold the same state. The stream identity is not compared: a rebuild may not have one.
+    pub fn differences(&self, other: &Projections, limit: usize) -> Result<Vec<String>, Error> {
+        let (a, b) = (self.db.begin_read()?, other.db.begin_read()?);
+        let mut out = Vec::new();
+        diff_table(&a, &b, tables::META, "meta", limit, &mut out)?;
+        diff_table(&a, &b, tables::TASKS, "tasks", limit, &mut out)?;
+        diff_table(&a, &b, tables::INVOICES, "invoices", limit, &mut out)?;
+        diff_table(&a, &b, tables::NODES, "nodes", limit, &mut out)?;
+        diff_table(&a, &b, tables::PUBLISHERS, "publishers", limit, &mut out)?;
+        diff_table(&a, &b, tables::COUNTERS, "counters", limit, &mut out)?;
+        diff_table(&a, &b, tables::REJECTIONS, "rejections", limit, &mut out)?;
+        diff_table(&a, &b, tables::EVENTS, "events", limit, &mut out)?;
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Numbers of tasks, invoices and nodes held.
     pub fn record_counts(&self) -> Result<(u64, u64, u64), Error> {
         let txn = self.db.begin_read()?;
@@ -357,6 +375,70 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
             source: other,
         },
     }
+}
+
+/// Merges two tables in key order, noting rows that differ or exist on one side only.
+fn diff_table<K, V>(
+    a: &redb::ReadTransaction,
+    b: &redb::ReadTransaction,
+    def: redb::TableDefinition<K, V>,
+    name: &str,
+    limit: usize,
+    out: &mut Vec<String>,
+) -> Result<(), Error>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+    for<'x> K::SelfType<'x>: std::fmt::Debug,
+{
+    let rows = |txn: &redb::ReadTransaction| -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, Error> {
+        let table = txn.open_table(def)?;
+        let mut rows = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let key = k.value();
+            let label = format!("{key:?}");
+            if name == "meta" && label == format!("{:?}", meta::STREAM) {
+                continue;
+            }
+            rows.push((
+                label,
+                K::as_bytes(&key).as_ref().to_vec(),
+                V::as_bytes(&v.value()).as_ref().to_vec(),
+            ));
+        }
+        Ok(rows)
+    };
+    let (left, right) = (rows(a)?, rows(b)?);
+    let (mut i, mut j) = (0, 0);
+    while (i < left.len() || j < right.len()) && out.len() < limit {
+        let order = match (left.get(i), right.get(j)) {
+            (Some(l), Some(r)) => K::compare(&l.1, &r.1),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.push(format!("{name}: {} only in the first database", left[i].0));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(format!(
+                    "{name}: {} only in the second database",
+                    right[j].0
+                ));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if left[i].2 != right[j].2 {
+                    out.push(format!("{name}: {} differs", left[i].0));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn count_table(

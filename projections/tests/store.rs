@@ -155,3 +155,49 @@ fn another_schema_version_is_refused_with_a_hint() {
     );
     assert!(err.to_string().contains("replay"), "{err}");
 }
+
+#[test]
+fn differences_name_the_table_and_key() {
+    let (_d1, a) = db();
+    let (_d2, b) = db();
+    let batch = [
+        Input {
+            seq: 1,
+            event: Ok(heartbeat("node-a", T0)),
+        },
+        Input {
+            seq: 2,
+            event: Ok(heartbeat("node-b", T0)),
+        },
+    ];
+    a.apply(&batch).unwrap();
+    b.apply(&batch).unwrap();
+    assert_eq!(a.differences(&b, 10).unwrap(), Vec::<String>::new());
+    b.set_stream_identity("TRUEBIT_EVENTS@x").unwrap();
+    assert!(
+        a.differences(&b, 10).unwrap().is_empty(),
+        "the stream identity is not state"
+    );
+
+    a.apply(&[Input {
+        seq: 3,
+        event: Ok(heartbeat("node-a", T0 + 1)),
+    }])
+    .unwrap();
+    b.apply(&[Input {
+        seq: 3,
+        event: Ok(heartbeat("node-c", T0 + 1)),
+    }])
+    .unwrap();
+    let d = a.differences(&b, 100).unwrap();
+    assert!(
+        d.contains(&"nodes: \"node-a\" differs".to_string()),
+        "{d:?}"
+    );
+    assert!(
+        d.contains(&"nodes: \"node-c\" only in the second database".to_string()),
+        "{d:?}"
+    );
+    assert!(d.iter().any(|l| l.starts_with("counters: (0, ")), "{d:?}");
+    assert_eq!(a.differences(&b, 2).unwrap().len(), 2);
+}
