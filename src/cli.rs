@@ -61,6 +61,21 @@ pub enum Command {
     Stats(StatsArgs),
     /// Create or update the JetStream topology and exit.
     Init(TopologyArgs),
+    /// Rebuild every projection from TRUEBIT_EVENTS (or verify the database against a rebuild).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Write the rebuilt database here and replace nothing (safe beside a running serve).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Stop at this stream sequence.
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Rebuild up to the database's last sequence and compare every record; exit 1 on a difference.
+    #[arg(long, conflicts_with_all = ["output", "to_seq"])]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +198,16 @@ pub async fn run(
             })
         }
         Command::Init(args) => crate::init(&nats, &args.config()).await,
+        Command::Replay(args) => {
+            let config = crate::ReplayConfig {
+                nats,
+                db_path: cli.global.db_path,
+                output: args.output,
+                to_seq: args.to_seq,
+                verify: args.verify,
+            };
+            crate::replay(&config).await
+        }
     }
 }
 

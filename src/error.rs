@@ -24,6 +24,8 @@ pub enum Error {
     Topology(#[from] TopologyError),
     #[error(transparent)]
     Projections(#[from] truebit_projections::Error),
+    #[error(transparent)]
+    Replay(#[from] truebit_replay::Error),
     #[error("{what} failed on NATS: {detail}; the server may be restarting: the aggregator retries by itself, so check the server if this repeats")]
     Nats { what: String, detail: String },
     #[error("{0}")]
@@ -37,21 +39,18 @@ pub enum Error {
 impl Error {
     /// 0 success, 1 a failed check, 2 bad usage or config, 3 cannot reach NATS.
     pub fn exit_code(&self) -> i32 {
-        use truebit_projections::Error as P;
         match self {
             Error::Connect { .. } | Error::Nats { .. } => 3,
             Error::Topology(TopologyError::JetStream { .. }) => 3,
             Error::Topology(_) => 2,
             Error::Credentials { .. } | Error::Usage(_) => 2,
-            Error::Projections(
-                P::Missing { .. }
-                | P::Locked { .. }
-                | P::SchemaVersion { .. }
-                | P::Open { .. }
-                | P::CreateDir { .. },
-            ) => 2,
             Error::Remote(_) => 3,
-            Error::Projections(_) | Error::CheckFailed(_) => 1,
+            Error::Replay(truebit_replay::Error::Nats { .. }) => 3,
+            Error::Replay(truebit_replay::Error::OutputExists { .. }) => 2,
+            Error::Replay(truebit_replay::Error::Projections(p)) | Error::Projections(p) => {
+                projections_exit_code(p)
+            }
+            Error::CheckFailed(_) => 1,
         }
     }
 
@@ -60,6 +59,19 @@ impl Error {
             what: what.into(),
             detail: e.to_string(),
         }
+    }
+}
+
+/// The exit code of a projections error, wherever it surfaced.
+fn projections_exit_code(e: &truebit_projections::Error) -> i32 {
+    use truebit_projections::Error as P;
+    match e {
+        P::Missing { .. }
+        | P::Locked { .. }
+        | P::SchemaVersion { .. }
+        | P::Open { .. }
+        | P::CreateDir { .. } => 2,
+        P::Corrupt { .. } | P::Storage(_) => 1,
     }
 }
 

@@ -6,6 +6,7 @@
 //!   it refuses, publishes snapshots every interval and answers `stats` queries.
 //! - [`stats`] reads a snapshot from the database file, or asks the `serve` that holds it.
 //! - [`init`] creates or updates the topology.
+//! - [`replay`] rebuilds the database from the stream, or verifies it against a rebuild.
 //!
 //! `serve` takes its shutdown as a future, so that tests drive it as `main` does with signals:
 //!
@@ -23,6 +24,7 @@ mod init;
 mod nats;
 mod publish;
 mod query;
+mod replay;
 mod serve;
 mod stats;
 
@@ -30,5 +32,6 @@ pub use error::Error;
 pub use init::init;
 pub use nats::NatsConfig;
 pub use publish::HEADER_LAST_SEQ;
+pub use replay::{replay, ReplayConfig};
 pub use serve::{serve, ServeConfig};
 pub use stats::{render, stats, StatsConfig};

@@ -4,7 +4,8 @@
 //! 1. the raw JetStream consume rate of that stream (a pull consumer acking once per batch),
 //! 2. `serve`'s catch-up fold rate over the same stream (the release binary, as deployed),
 //! 3. their ratio, and `serve`'s peak RSS,
-//! 4. the time to compute the snapshot of every period with M tasks folded.
+//! 4. `replay`'s rebuild rate over the same stream, and its ratio to the raw rate,
+//! 5. the time to compute the snapshot of every period with M tasks folded.
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use futures::StreamExt;
@@ -174,6 +175,35 @@ fn serve_catch_up(server: &NatsServer, events: u64) -> (f64, u64) {
     signal(&child, SIGTERM);
     child.wait().unwrap();
     (rate.expect("serve logged that it caught up"), rss)
+}
+
+/// Runs the release `replay --output` over the full stream; its rate as it reports it.
+fn replay_rate(server: &NatsServer, events: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("rebuilt.redb");
+    let out = Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
+        .args(["replay", "--output"])
+        .arg(&output)
+        .env("NATS_URL", server.url())
+        .env("DB_PATH", dir.path().join("unused.redb"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "replay failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("rebuilt {events} messages")),
+        "{text}"
+    );
+    text.split(" events/s")
+        .next()
+        .and_then(|t| t.rsplit('(').next())
+        .and_then(|r| r.parse().ok())
+        .expect("a rate in the summary")
 }
 
 /// Folds `tasks` simulated tasks straight into a database, then times snapshots over it.

@@ -1,0 +1,191 @@
+//! `replay`: rebuild the database from the stream, or verify it against a rebuild.
+
+use crate::error::blocking;
+use crate::{Error, NatsConfig};
+use async_nats::jetstream;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use truebit_projections::Projections;
+
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub nats: NatsConfig,
+    pub db_path: PathBuf,
+    /// Write here and swap nothing.
+    pub output: Option<PathBuf>,
+    pub to_seq: Option<u64>,
+    pub verify: bool,
+}
+
+/// How many differences `--verify` prints.
+const SHOWN_DIFFERENCES: usize = 20;
+
+pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
+    let client = config.nats.connect("truebit-federation replay").await?;
+    let js = jetstream::new(client);
+    if config.verify {
+        return verify(&js, &config.db_path).await;
+    }
+    if let Some(output) = &config.output {
+        let rebuilt = run(&js, output, config.to_seq).await?;
+        return Ok(summary(&rebuilt, output));
+    }
+    // Rebuild beside the live file, then swap it in only once complete. A running serve holds
+    // the live file: it must be stopped first, or the rebuild written elsewhere.
+    ensure_free(&config.db_path).await?;
+    let temp = sibling(&config.db_path, "rebuild");
+    remove_if_exists(&temp)?;
+    let rebuilt = run(&js, &temp, config.to_seq).await?;
+    ensure_free(&config.db_path).await?;
+    std::fs::rename(&temp, &config.db_path).map_err(|e| {
+        Error::Usage(format!(
+            "cannot replace {} with {}: {e}",
+            config.db_path.display(),
+            temp.display()
+        ))
+    })?;
+    Ok(format!(
+        "{}replaced {}; serve resumes after sequence {}\n",
+        summary(&rebuilt, &config.db_path),
+        config.db_path.display(),
+        rebuilt.last_seq
+    ))
+}
+
+async fn verify(js: &jetstream::Context, db_path: &Path) -> Result<String, Error> {
+    let path = db_path.to_path_buf();
+    let live = blocking(move || Projections::open_existing(path)).await.map_err(|e| match e {
+        Error::Projections(truebit_projections::Error::Locked { path }) => Error::Usage(format!(
+            "{} is held by a running serve; stop it to verify, or rebuild beside it with --output and compare with stats",
+            path.display()
+        )),
+        other => other,
+    })?;
+    let live_seq = live.last_seq()?;
+    let temp = sibling(db_path, "verify");
+    remove_if_exists(&temp)?;
+    let rebuilt = run(js, &temp, Some(live_seq)).await;
+    let outcome = match rebuilt {
+        Ok(rebuilt) => {
+            let temp_path = temp.clone();
+            let differences = blocking(move || {
+                let other = Projections::open_existing(temp_path)?;
+                live.differences(&other, SHOWN_DIFFERENCES)
+            })
+            .await;
+            differences.map(|d| (rebuilt, d))
+        }
+        Err(e) => Err(e),
+    };
+    remove_if_exists(&temp)?;
+    let (rebuilt, differences) = outcome?;
+    if rebuilt.last_seq < live_seq {
+        return Err(Error::CheckFailed(format!(
+            "the stream ends at sequence {} but {} has folded up to {live_seq}: the stream was recreated or purged; the database does not belong to it",
+            rebuilt.last_seq,
+            db_path.display()
+        )));
+    }
+    if differences.is_empty() {
+        return Ok(format!(
+            "verified: a rebuild up to sequence {live_seq} matches {} record for record\n",
+            db_path.display()
+        ));
+    }
+    Err(Error::CheckFailed(format!(
+        "{} differs from a rebuild up to sequence {live_seq} (first {} differences; first database is the live one):\n  {}",
+        db_path.display(),
+        differences.len(),
+        differences.join("\n  ")
+    )))
+}
+
+/// Rebuilds with progress: a bar on a terminal, a line every 5 s otherwise.
+async fn run(
+    js: &jetstream::Context,
+    output: &Path,
+    to_seq: Option<u64>,
+) -> Result<truebit_replay::Rebuilt, Error> {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replay [{bar:40}] {pos}/{len} seq  {per_sec}  ETA {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let mut last_line = Instant::now();
+    let mut first = true;
+    let rebuilt = truebit_replay::rebuild(js, output, to_seq, |seq, target| {
+        if let Some(bar) = &bar {
+            bar.set_length(target);
+            bar.set_position(seq);
+        } else if first || last_line.elapsed() >= Duration::from_secs(5) || seq >= target {
+            first = false;
+            last_line = Instant::now();
+            let rate = seq as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("replay: sequence {seq} of {target}, {rate:.0} events/s");
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if rebuilt.first_seq > 1 {
+        eprintln!(
+            "WARNING: TRUEBIT_EVENTS now starts at sequence {}: sequences 1..{} have expired or been deleted, and this rebuild does not include them; its all-time numbers are lower than the live fold's",
+            rebuilt.first_seq,
+            rebuilt.first_seq - 1
+        );
+    }
+    Ok(rebuilt)
+}
+
+fn summary(rebuilt: &truebit_replay::Rebuilt, path: &Path) -> String {
+    format!(
+        "rebuilt {} messages up to sequence {} in {:.1} s ({:.0} events/s) into {}\n",
+        rebuilt.folded,
+        rebuilt.last_seq,
+        rebuilt.seconds,
+        rebuilt.rate(),
+        path.display()
+    )
+}
+
+async fn ensure_free(db_path: &Path) -> Result<(), Error> {
+    if !db_path.exists() {
+        return Ok(());
+    }
+    let path = db_path.to_path_buf();
+    match blocking(move || Projections::open_existing(path).map(drop)).await {
+        Ok(()) | Err(Error::Projections(truebit_projections::Error::SchemaVersion { .. })) => Ok(()),
+        Err(Error::Projections(truebit_projections::Error::Locked { path })) => Err(Error::Usage(format!(
+            "{} is held by a running serve; stop it before replacing its database, or rebuild beside it with --output",
+            path.display()
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::Usage(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    }
+}
