@@ -391,7 +391,9 @@ where
     V: redb::Value + 'static,
     for<'x> K::SelfType<'x>: std::fmt::Debug,
 {
-    let rows = |txn: &redb::ReadTransaction| -> Result<Vec<(String, Vec<u8>, Vec<u8>)>, Error> {
+    // (key as shown, key bytes, value bytes)
+    type Row = (String, Vec<u8>, Vec<u8>);
+    let rows = |txn: &redb::ReadTransaction| -> Result<Vec<Row>, Error> {
         let table = txn.open_table(def)?;
         let mut rows = Vec::new();
         for row in table.iter()? {
