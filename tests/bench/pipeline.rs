@@ -71,6 +71,13 @@ fn main() {
         rss_kib as f64 / 1024.0
     );
 
+    let replay = replay_rate(&server, events);
+    println!(
+        "replay     {:>9.0} events/s  rebuild, {:.2} x raw",
+        replay,
+        replay / raw
+    );
+
     let (fold_secs, per_snapshot) = snapshot_cost(&fleet, args.snapshot_tasks);
     println!(
         "snapshot   {:>9.2} ms for all four periods with {} tasks folded (folded directly in {:.0} s)",
