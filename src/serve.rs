@@ -66,12 +66,13 @@ pub async fn serve(
         blocking(move || db.last_seq()).await?
     };
     let mut events = topology.events.clone();
-    let target = events
+    let info = events
         .info()
         .await
         .map_err(|e| Error::nats("reading stream TRUEBIT_EVENTS", e))?
-        .state
-        .last_sequence;
+        .clone();
+    let target = info.state.last_sequence;
+    check_belongs(&db, &topology::stream_identity(&info), applied, target).await?;
     let consumer = topology::aggregator_consumer(&topology.events, applied).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 
@@ -124,6 +125,36 @@ pub async fn serve(
     let _ = responder.await;
     tracing::info!(applied = folder.applied, "stopped");
     Ok(())
+}
+
+/// Refuses a database folded from another incarnation of the stream, or ahead of it: folding on
+/// would mix two records. A new or rebuilt database is bound to this stream.
+async fn check_belongs(
+    db: &Arc<Projections>,
+    identity: &str,
+    applied: u64,
+    stream_last: u64,
+) -> Result<(), Error> {
+    let hint = "rebuild it from this stream with `truebit-federation replay`, or point --db-path at the right file";
+    let known = {
+        let db = db.clone();
+        blocking(move || db.stream_identity()).await?
+    };
+    match known {
+        Some(known) if known != identity => Err(Error::CheckFailed(format!(
+            "{} was folded from stream {known}, but the server has {identity}; {hint}",
+            db.path().display()
+        ))),
+        _ if applied > stream_last => Err(Error::CheckFailed(format!(
+            "{} has folded up to sequence {applied}, but the stream ends at {stream_last}: the stream was recreated or purged; {hint}",
+            db.path().display()
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            let (db, identity) = (db.clone(), identity.to_string());
+            blocking(move || db.set_stream_identity(&identity)).await
+        }
+    }
 }
 
 type Delivery = Result<

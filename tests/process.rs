@@ -266,3 +266,40 @@ fn a_stream_jetstream_cannot_convert_fails_init_naming_the_setting() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn serve_refuses_a_database_from_another_incarnation_of_the_stream() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("aggregator.redb");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let (mut serve, _log) = spawn_serve(&server.url(), &db);
+    let js = jetstream::new(client.clone());
+    let ts = chrono::Utc::now().to_rfc3339();
+    let body = serde_json::json!({"version": "1.0", "type": "heartbeat", "timestamp": ts, "nodeId": "node-1"});
+    let seq = js
+        .publish(
+            "truebit.heartbeat",
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    common::wait_folded(&client, seq).await;
+    signal(&serve, SIGTERM);
+    assert!(serve.wait().unwrap().success());
+
+    // The stream is deleted and created again: its sequences start over.
+    js.delete_stream("TRUEBIT_EVENTS").await.unwrap();
+    drop(client);
+    server.restart();
+    let out = run(command(&server.url(), &db).arg("serve"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("was folded from stream TRUEBIT_EVENTS@") && err.contains("replay"),
+        "{err}"
+    );
+}

@@ -85,15 +85,23 @@ pub async fn rebuild(
         .get_stream(EVENTS_STREAM)
         .await
         .map_err(|e| nats("opening the stream", e))?;
-    let state = stream
+    let info = stream
         .info()
         .await
         .map_err(|e| nats("reading the stream", e))?
-        .state
         .clone();
+    let state = info.state.clone();
     let target = to_seq.map_or(state.last_sequence, |t| t.min(state.last_sequence));
     let path = output.to_path_buf();
-    let db = Arc::new(blocking(move || Projections::open(path)).await?);
+    let identity = truebit_streams::topology::stream_identity(&info);
+    let db = Arc::new(
+        blocking(move || {
+            let db = Projections::open(path)?;
+            db.set_stream_identity(&identity)?;
+            Ok(db)
+        })
+        .await?,
+    );
     let mut rebuilt = Rebuilt {
         first_seq: state.first_sequence,
         last_seq: 0,

@@ -271,6 +271,12 @@ fn consumer_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
     }
 }
 
+/// Names one incarnation of a stream: its name and creation time. A stream deleted and created
+/// again under the same name restarts its sequences at 1, and gets another identity.
+pub fn stream_identity(info: &jetstream::stream::Info) -> String {
+    format!("{}@{}", info.config.name, info.created.to_rfc3339())
+}
+
 /// The config of the durable consumer `aggregator`, delivering from `start` (a stream sequence).
 pub fn consumer_config(start: u64) -> pull::Config {
     pull::Config {
