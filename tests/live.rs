@@ -502,31 +502,7 @@ async fn a_nats_server_restart_in_the_middle_of_folding_loses_nothing() {
     served.stop().await.unwrap();
 
     let db = Projections::open_existing(&served.db_path).unwrap();
-    let all = db
-        .snapshot(chrono::Utc::now().timestamp() / 60 + 10, Period::All)
-        .unwrap();
-    assert_eq!(
-        (
-            all.total_tasks,
-            all.completed_tasks,
-            all.failed_tasks,
-            all.cached_tasks,
-            all.total_invoices,
-            all.total_nodes
-        ),
-        (
-            expected.tasks,
-            expected.completed,
-            expected.failed,
-            expected.cached,
-            expected.invoices,
-            expected.nodes
-        )
-    );
-    assert_eq!(
-        db.event_counts().unwrap().values().sum::<u64>(),
-        expected.events
-    );
+    common::assert_fleet_counts(&db, &expected);
 }
 
 #[tokio::test]

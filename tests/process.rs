@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use truebit_projections::{Period, Projections};
+use truebit_projections::Projections;
 use truebit_testkit::{signal, Fleet, NatsServer, SIGKILL, SIGTERM};
 
 const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
@@ -86,31 +86,7 @@ async fn publish_fleet(
 /// Every count the simulated fleet knows, read back from the database.
 fn assert_exact(db_path: &Path, fleet: &Fleet, expected: &truebit_testkit::Expected) {
     let db = Projections::open_existing(db_path).unwrap();
-    let at = chrono::Utc::now().timestamp() / 60 + 10;
-    let all = db.snapshot(at, Period::All).unwrap();
-    assert_eq!(
-        (
-            all.total_tasks,
-            all.completed_tasks,
-            all.failed_tasks,
-            all.cached_tasks,
-            all.total_invoices,
-            all.total_nodes
-        ),
-        (
-            expected.tasks,
-            expected.completed,
-            expected.failed,
-            expected.cached,
-            expected.invoices,
-            expected.nodes
-        )
-    );
-    assert_eq!(
-        db.event_counts().unwrap().values().sum::<u64>(),
-        expected.events,
-        "every message folded exactly once"
-    );
+    common::assert_fleet_counts(&db, expected);
     // Heartbeats are not idempotent: folding one twice would show here.
     let heartbeats: u64 = (0..fleet.nodes)
         .filter_map(|n| db.node(&fleet.node_id(n)).unwrap())
@@ -183,16 +159,7 @@ async fn stats_reads_the_file_or_asks_the_running_serve() {
     let ts = chrono::Utc::now().to_rfc3339();
     let body = serde_json::json!({"version": "1.0", "type": "task_received", "timestamp": ts, "nodeId": "node-1",
         "data": {"taskIdHash": common::hash(1), "chainId": "1"}});
-    let seq = js
-        .publish(
-            "truebit.tasks.received",
-            serde_json::to_vec(&body).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let seq = common::publish(&js, &[common::msg("truebit.tasks.received", body)]).await;
     common::wait_folded(&client, seq).await;
 
     // serve holds the database: stats asks it over NATS.
@@ -277,16 +244,7 @@ async fn serve_refuses_a_database_from_another_incarnation_of_the_stream() {
     let js = jetstream::new(client.clone());
     let ts = chrono::Utc::now().to_rfc3339();
     let body = serde_json::json!({"version": "1.0", "type": "heartbeat", "timestamp": ts, "nodeId": "node-1"});
-    let seq = js
-        .publish(
-            "truebit.heartbeat",
-            serde_json::to_vec(&body).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let seq = common::publish(&js, &[common::msg("truebit.heartbeat", body)]).await;
     common::wait_folded(&client, seq).await;
     signal(&serve, SIGTERM);
     assert!(serve.wait().unwrap().success());

@@ -168,3 +168,38 @@ pub fn hash(n: u64) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The counts a simulated fleet knows, read back from a database: totals over all time and the
+/// number of messages folded (each exactly once).
+pub fn assert_fleet_counts(
+    db: &truebit_projections::Projections,
+    expected: &truebit_testkit::Expected,
+) {
+    let at = chrono::Utc::now().timestamp() / 60 + 10;
+    let all = db.snapshot(at, truebit_projections::Period::All).unwrap();
+    let got = (
+        all.total_tasks,
+        all.completed_tasks,
+        all.failed_tasks,
+        all.cached_tasks,
+        all.total_invoices,
+        all.total_nodes,
+    );
+    let want = (
+        expected.tasks,
+        expected.completed,
+        expected.failed,
+        expected.cached,
+        expected.invoices,
+        expected.nodes,
+    );
+    assert_eq!(
+        got, want,
+        "(tasks, completed, failed, cached, invoices, nodes)"
+    );
+    assert_eq!(
+        db.event_counts().unwrap().values().sum::<u64>(),
+        expected.events,
+        "every message folded exactly once"
+    );
+}
