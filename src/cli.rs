@@ -76,6 +76,9 @@ pub struct ReplayArgs {
     /// Rebuild up to the database's last sequence and compare every record; exit 1 on a difference.
     #[arg(long, conflicts_with_all = ["output", "to_seq"])]
     pub verify: bool,
+    /// Rebuild even when neither the stream nor a checkpoint covers its beginning.
+    #[arg(long)]
+    pub allow_gap: bool,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +89,12 @@ pub struct ServeArgs {
     /// Most messages folded in one database transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     pub batch_size: u64,
+    /// How often to store a checkpoint of the projections (e.g. 1h); 0 never.
+    #[arg(long, env = "CHECKPOINT_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+    /// How many checkpoints to keep.
+    #[arg(long, env = "CHECKPOINTS_KEPT", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub checkpoints_kept: u64,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -175,6 +184,8 @@ pub async fn run(
                 publish_interval: Duration::from_millis(args.publish_interval),
                 topology: args.topology.config(),
                 batch_size: args.batch_size as usize,
+                checkpoint_interval: args.checkpoint_interval,
+                checkpoints_kept: args.checkpoints_kept as usize,
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())
@@ -205,6 +216,7 @@ pub async fn run(
                 output: args.output,
                 to_seq: args.to_seq,
                 verify: args.verify,
+                allow_gap: args.allow_gap,
             };
             crate::replay(&config).await
         }

@@ -47,6 +47,7 @@ impl Error {
             Error::Remote(_) => 3,
             Error::Replay(truebit_replay::Error::Nats { .. }) => 3,
             Error::Replay(truebit_replay::Error::OutputExists { .. }) => 2,
+            Error::Replay(truebit_replay::Error::Gap { .. }) => 1,
             Error::Replay(truebit_replay::Error::Projections(p)) | Error::Projections(p) => {
                 projections_exit_code(p)
             }

@@ -18,8 +18,10 @@
 //! # }
 //! ```
 
+mod checkpoint;
 pub mod cli;
 mod error;
+mod files;
 mod init;
 mod nats;
 mod publish;

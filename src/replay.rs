@@ -1,6 +1,7 @@
 //! `replay`: rebuild the database from the stream, or verify it against a rebuild.
 
 use crate::error::blocking;
+use crate::files::{remove_if_exists, sibling};
 use crate::{Error, NatsConfig};
 use async_nats::jetstream;
 use std::io::IsTerminal;
@@ -16,6 +17,7 @@ pub struct ReplayConfig {
     pub output: Option<PathBuf>,
     pub to_seq: Option<u64>,
     pub verify: bool,
+    pub allow_gap: bool,
 }
 
 /// How many differences `--verify` prints.
@@ -27,8 +29,13 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     if config.verify {
         return verify(&js, &config.db_path).await;
     }
+    let options = truebit_replay::Options {
+        to_seq: config.to_seq,
+        prefer_checkpoint: true,
+        allow_gap: config.allow_gap,
+    };
     if let Some(output) = &config.output {
-        let rebuilt = run(&js, output, config.to_seq).await?;
+        let rebuilt = run(&js, output, options).await?;
         return Ok(summary(&rebuilt, output));
     }
     // Rebuild beside the live file, then swap it in only once complete. A running serve holds
@@ -36,7 +43,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     ensure_free(&config.db_path).await?;
     let temp = sibling(&config.db_path, "rebuild");
     remove_if_exists(&temp)?;
-    let rebuilt = run(&js, &temp, config.to_seq).await?;
+    let rebuilt = run(&js, &temp, options).await?;
     ensure_free(&config.db_path).await?;
     std::fs::rename(&temp, &config.db_path).map_err(|e| {
         Error::Usage(format!(
@@ -65,7 +72,14 @@ async fn verify(js: &jetstream::Context, db_path: &Path) -> Result<String, Error
     let live_seq = live.last_seq()?;
     let temp = sibling(db_path, "verify");
     remove_if_exists(&temp)?;
-    let rebuilt = run(js, &temp, Some(live_seq)).await;
+    // From the stream alone while it is whole, so that the whole record is checked; from a
+    // checkpoint only when old events have expired.
+    let options = truebit_replay::Options {
+        to_seq: Some(live_seq),
+        prefer_checkpoint: false,
+        allow_gap: false,
+    };
+    let rebuilt = run(js, &temp, options).await;
     let outcome = match rebuilt {
         Ok(rebuilt) => {
             let temp_path = temp.clone();
@@ -105,7 +119,7 @@ async fn verify(js: &jetstream::Context, db_path: &Path) -> Result<String, Error
 async fn run(
     js: &jetstream::Context,
     output: &Path,
-    to_seq: Option<u64>,
+    options: truebit_replay::Options,
 ) -> Result<truebit_replay::Rebuilt, Error> {
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| {
@@ -122,7 +136,7 @@ async fn run(
     let started = Instant::now();
     let mut last_line = Instant::now();
     let mut first = true;
-    let rebuilt = truebit_replay::rebuild(js, output, to_seq, |seq, target| {
+    let rebuilt = truebit_replay::rebuild(js, output, options, |seq, target| {
         if let Some(bar) = &bar {
             bar.set_length(target);
             bar.set_position(seq);
@@ -137,7 +151,9 @@ async fn run(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    if rebuilt.first_seq > 1 {
+    if let Some(seq) = rebuilt.checkpoint {
+        eprintln!("replay: started from the checkpoint at sequence {seq}");
+    } else if rebuilt.first_seq > 1 {
         eprintln!(
             "WARNING: TRUEBIT_EVENTS now starts at sequence {}: sequences 1..{} have expired or been deleted, and this rebuild does not include them; its all-time numbers are lower than the live fold's",
             rebuilt.first_seq,
@@ -170,22 +186,5 @@ async fn ensure_free(db_path: &Path) -> Result<(), Error> {
             path.display()
         ))),
         Err(e) => Err(e),
-    }
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    path.with_file_name(name)
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), Error> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Usage(format!(
-            "cannot remove {}: {e}",
-            path.display()
-        ))),
     }
 }

@@ -25,6 +25,10 @@ pub struct ServeConfig {
     pub topology: TopologyConfig,
     /// The most messages folded in one redb transaction.
     pub batch_size: usize,
+    /// How often a checkpoint of the projections is stored; zero never.
+    pub checkpoint_interval: Duration,
+    /// How many checkpoints are kept.
+    pub checkpoints_kept: usize,
 }
 
 impl ServeConfig {
@@ -35,6 +39,8 @@ impl ServeConfig {
             publish_interval: Duration::from_secs(30),
             topology: TopologyConfig::default(),
             batch_size: 2000,
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoints_kept: 3,
         }
     }
 }
@@ -101,12 +107,36 @@ pub async fn serve(
         publisher.publish(folder.applied).await;
     }
 
+    // A checkpoint runs beside the fold (a read transaction does not block writes); one at a time.
+    let checkpoint_every = if config.checkpoint_interval.is_zero() {
+        Duration::from_secs(365 * 86_400)
+    } else {
+        config.checkpoint_interval
+    };
+    let mut checkpoints = tokio::time::interval_at(
+        tokio::time::Instant::now() + checkpoint_every,
+        checkpoint_every,
+    );
+    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
+
     let mut stop_rx = stop.clone();
     loop {
         tokio::select! {
             biased;
             _ = stop_rx.changed() => break,
             _ = ticker.tick() => publisher.publish(folder.applied).await,
+            _ = checkpoints.tick(), if !config.checkpoint_interval.is_zero() => {
+                if checkpointing.as_ref().is_none_or(|h| h.is_finished()) {
+                    let (store, db, keep) = (topology.checkpoints.clone(), folder.db.clone(), config.checkpoints_kept);
+                    checkpointing = Some(tokio::spawn(async move {
+                        match crate::checkpoint::write(&store, &db, keep).await {
+                            Ok(w) => tracing::info!(seq = w.seq, bytes = w.bytes, copy_ms = w.copy.as_millis() as u64, upload_ms = w.upload.as_millis() as u64, "stored checkpoint"),
+                            Err(e) => tracing::warn!(error = %e, "cannot store a checkpoint; the next interval tries again"),
+                        }
+                    }));
+                }
+            }
             batch = messages.next() => match batch {
                 Some(batch) => {
                     folder.fold(batch).await?;
@@ -123,6 +153,9 @@ pub async fn serve(
     }
     // The select! above only stops between batches: the last one is committed and acked.
     let _ = responder.await;
+    if let Some(running) = checkpointing {
+        let _ = running.await;
+    }
     tracing::info!(applied = folder.applied, "stopped");
     Ok(())
 }

@@ -175,3 +175,150 @@ async fn serve_resumes_after_a_replay_swap_with_every_count_exact() {
     assert_eq!(db.rejections().unwrap()["malformed"], 1);
     assert_eq!(db.last_seq().unwrap(), last);
 }
+
+#[tokio::test]
+async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matches() {
+    let mut served = Served::start_with(|c| {
+        c.checkpoint_interval = std::time::Duration::from_millis(200);
+        c.topology.events_max_age = std::time::Duration::from_secs(90 * 86_400);
+    })
+    .await;
+    let url = served.server.url();
+    let fleet = Fleet::new(30, 5);
+    let publish = |fleet: Fleet, tasks| async move {
+        let (messages, _) = fleet.generate(tasks);
+        messages
+            .into_iter()
+            .map(|m| (m.subject.to_string(), m.payload))
+            .collect::<Vec<_>>()
+    };
+    let mut meta = served
+        .client
+        .subscribe("$O.truebit-checkpoints.M.>")
+        .await
+        .unwrap();
+    let early = served.publish(&publish(fleet.clone(), 400).await).await;
+    served.wait_folded(early).await;
+    // Wait for a checkpoint that holds the early events.
+    let store = served
+        .js
+        .get_object_store("truebit-checkpoints")
+        .await
+        .unwrap();
+    loop {
+        use futures::StreamExt;
+        tokio::time::timeout(common::PATIENCE, meta.next())
+            .await
+            .expect("a checkpoint is stored")
+            .unwrap();
+        if let Some(&seq) = truebit_replay::checkpoints(&store).await.unwrap().last() {
+            if seq >= early {
+                break;
+            }
+        }
+    }
+    // Later events are folded with no checkpoint after them: a rebuild must fold that tail.
+    served.stop().await.unwrap();
+    served.adjust = Box::new(|c| c.checkpoint_interval = std::time::Duration::ZERO);
+    served.serve();
+    let newest = *truebit_replay::checkpoints(&store)
+        .await
+        .unwrap()
+        .last()
+        .unwrap();
+    let late = served
+        .publish(
+            &publish(
+                Fleet {
+                    first_task: 5000,
+                    ..fleet.clone()
+                },
+                200,
+            )
+            .await,
+        )
+        .await;
+    served.wait_folded(late).await;
+    served.stop().await.unwrap();
+
+    assert_eq!(
+        truebit_replay::checkpoints(&store).await.unwrap().last(),
+        Some(&newest)
+    );
+    let checkpoint = newest;
+    // The early events expire: the stream now starts after the checkpoint.
+    let stream = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    stream.purge().sequence(checkpoint + 1).await.unwrap();
+
+    let rebuilt = served.dir.path().join("rebuilt.redb");
+    let out = run(
+        &url,
+        &served.db_path,
+        &["replay", "--output", rebuilt.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "started from the checkpoint at sequence {checkpoint}"
+        )),
+        "{}",
+        text(&out)
+    );
+    let live = Projections::open_existing(&served.db_path).unwrap();
+    let at = chrono::Utc::now().timestamp() / 60 + 10;
+    assert_eq!(
+        live.snapshot(at, Period::All).unwrap(),
+        Projections::open_existing(&rebuilt)
+            .unwrap()
+            .snapshot(at, Period::All)
+            .unwrap(),
+        "all-time numbers survive the expiry"
+    );
+    drop(live);
+    let verified = run(&url, &served.db_path, &["replay", "--verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).contains(&format!("from the checkpoint at sequence {checkpoint}")),
+        "{}",
+        text(&verified)
+    );
+
+    // Without checkpoints nothing covers the gap: refused, naming it, unless --allow-gap.
+    for seq in truebit_replay::checkpoints(&store).await.unwrap() {
+        store
+            .delete(truebit_streams::topology::checkpoint_name(seq))
+            .await
+            .unwrap();
+    }
+    let gap = served.dir.path().join("gap.redb");
+    let refused = run(
+        &url,
+        &served.db_path,
+        &["replay", "--output", gap.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains(&format!("sequences 1..={checkpoint} are no longer")),
+        "{}",
+        text(&refused)
+    );
+    assert!(!gap.exists(), "nothing is written when refused");
+    let allowed = run(
+        &url,
+        &served.db_path,
+        &["replay", "--output", gap.to_str().unwrap(), "--allow-gap"],
+    );
+    assert!(allowed.status.success(), "{}", text(&allowed));
+    let partial = Projections::open_existing(&gap)
+        .unwrap()
+        .snapshot(at, Period::All)
+        .unwrap();
+    assert!(
+        partial.total_tasks
+            < Projections::open_existing(&served.db_path)
+                .unwrap()
+                .snapshot(at, Period::All)
+                .unwrap()
+                .total_tasks
+    );
+}

@@ -354,6 +354,27 @@ impl Projections {
         Ok(out)
     }
 
+    /// Writes a consistent copy of the whole database to a new file at `path` (which must not
+    /// exist) from one read transaction, so that folding goes on meanwhile. Returns the last
+    /// folded sequence the copy holds.
+    pub fn checkpoint_to(&self, path: &Path) -> Result<u64, Error> {
+        let read = self.db.begin_read()?;
+        let last_seq = read_u64(&read.open_table(tables::META)?, meta::LAST_SEQ)?.unwrap_or(0);
+        let copy = Database::create(path).map_err(|e| open_error(path, e))?;
+        let write = copy.begin_write()?;
+        // One big transaction that nobody reads before it commits: no need to sync pages twice.
+        copy_table(&read, &write, tables::META)?;
+        copy_table(&read, &write, tables::TASKS)?;
+        copy_table(&read, &write, tables::INVOICES)?;
+        copy_table(&read, &write, tables::NODES)?;
+        copy_table(&read, &write, tables::PUBLISHERS)?;
+        copy_table(&read, &write, tables::COUNTERS)?;
+        copy_table(&read, &write, tables::REJECTIONS)?;
+        copy_table(&read, &write, tables::EVENTS)?;
+        write.commit()?;
+        Ok(last_seq)
+    }
+
     /// Numbers of tasks, invoices and nodes held.
     pub fn record_counts(&self) -> Result<(u64, u64, u64), Error> {
         let txn = self.db.begin_read()?;
@@ -375,6 +396,20 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
             source: other,
         },
     }
+}
+
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> Result<(), Error> {
+    let source = from.open_table(def)?;
+    let mut target = to.open_table(def)?;
+    for row in source.iter()? {
+        let (k, v) = row?;
+        target.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }
 
 /// Merges two tables in key order, noting rows that differ or exist on one side only.

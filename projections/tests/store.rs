@@ -201,3 +201,33 @@ fn differences_name_the_table_and_key() {
     assert!(d.iter().any(|l| l.starts_with("counters: (0, ")), "{d:?}");
     assert_eq!(a.differences(&b, 2).unwrap().len(), 2);
 }
+
+#[test]
+fn a_checkpoint_is_the_same_state_and_can_be_opened_alone() {
+    let (dir, db) = db();
+    let batch: Vec<Input> = (1..=20)
+        .map(|seq| Input {
+            seq,
+            event: Ok(heartbeat(&format!("node-{}", seq % 3), T0 + seq as i64)),
+        })
+        .collect();
+    db.apply(&batch).unwrap();
+    let path = dir.path().join("checkpoint.redb");
+    assert_eq!(db.checkpoint_to(&path).unwrap(), 20);
+    db.apply(&[Input {
+        seq: 21,
+        event: Ok(heartbeat("node-9", T0)),
+    }])
+    .unwrap();
+
+    let copy = Projections::open_existing(&path).unwrap();
+    assert_eq!(
+        copy.last_seq().unwrap(),
+        20,
+        "the copy is the state at the time it was taken"
+    );
+    let again = tempfile::tempdir().unwrap();
+    let fresh = Projections::open(again.path().join("p.redb")).unwrap();
+    fresh.apply(&batch).unwrap();
+    assert_eq!(copy.differences(&fresh, 5).unwrap(), Vec::<String>::new());
+}

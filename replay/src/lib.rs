@@ -10,7 +10,8 @@
 //! # async fn example() -> Result<(), truebit_replay::Error> {
 //! let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
 //! let js = async_nats::jetstream::new(client);
-//! let rebuilt = truebit_replay::rebuild(&js, "rebuilt.redb".as_ref(), None, |seq, target| {
+//! let options = truebit_replay::Options::default(); // from the stream, to its end
+//! let rebuilt = truebit_replay::rebuild(&js, "rebuilt.redb".as_ref(), options, |seq, target| {
 //!     eprintln!("{seq}/{target}");
 //! })
 //! .await?;
@@ -25,10 +26,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use truebit_projections::{Input, Projections};
-use truebit_streams::topology::EVENTS_STREAM;
+use truebit_streams::topology::{
+    checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET, EVENTS_STREAM,
+};
 
 /// Messages folded per database transaction during a rebuild.
 const BATCH: usize = 5000;
+
+/// How a rebuild starts and ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Stop at this sequence (default: the stream's last when the rebuild starts).
+    pub to_seq: Option<u64>,
+    /// Start from the newest checkpoint that covers the stream's beginning even when the stream
+    /// is whole. Without it, a checkpoint is used only when the stream no longer starts at 1.
+    pub prefer_checkpoint: bool,
+    /// Rebuild without the events that neither the stream nor a checkpoint holds any more.
+    pub allow_gap: bool,
+}
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,8 +52,10 @@ pub struct Rebuilt {
     pub first_seq: u64,
     /// The last sequence folded.
     pub last_seq: u64,
-    /// Messages folded (events and refusals).
+    /// Messages folded (events and refusals), not counting those a checkpoint brought.
     pub folded: u64,
+    /// The checkpoint the rebuild started from, by sequence.
+    pub checkpoint: Option<u64>,
     pub seconds: f64,
 }
 
@@ -55,8 +72,27 @@ pub enum Error {
     OutputExists { path: PathBuf },
     #[error("{what} failed on NATS: {detail}; check that the server runs with JetStream and holds stream {EVENTS_STREAM}")]
     Nats { what: &'static str, detail: String },
+    #[error("sequences {from}..={to} are no longer in {EVENTS_STREAM} (expired or deleted) and no checkpoint covers them, so a rebuild would miss what they counted; restore them, or pass --allow-gap to rebuild without them")]
+    Gap { from: u64, to: u64 },
     #[error(transparent)]
     Projections(#[from] truebit_projections::Error),
+}
+
+/// The sequences of the checkpoints in `store`, oldest first.
+pub async fn checkpoints(store: &jetstream::object_store::ObjectStore) -> Result<Vec<u64>, Error> {
+    let mut objects = store
+        .list()
+        .await
+        .map_err(|e| nats("listing checkpoints", e))?;
+    let mut seqs = Vec::new();
+    while let Some(info) = objects.next().await {
+        let info = info.map_err(|e| nats("listing checkpoints", e))?;
+        if !info.deleted {
+            seqs.extend(checkpoint_seq(&info.name));
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
 }
 
 fn nats(what: &'static str, e: impl std::fmt::Display) -> Error {
@@ -66,13 +102,13 @@ fn nats(what: &'static str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Rebuilds into a new database at `output`, from the stream's first message up to `to_seq`
-/// (default: the stream's last sequence when the rebuild starts). `progress` is called after
-/// every batch with the last folded sequence and the target.
+/// Rebuilds into a new database at `output` up to `options.to_seq`, from the stream's first
+/// message or from a checkpoint (see [`Options`]). `progress` is called after every batch with
+/// the last folded sequence and the target.
 pub async fn rebuild(
     js: &jetstream::Context,
     output: &Path,
-    to_seq: Option<u64>,
+    options: Options,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Rebuilt, Error> {
     if output.exists() {
@@ -91,9 +127,29 @@ pub async fn rebuild(
         .map_err(|e| nats("reading the stream", e))?
         .clone();
     let state = info.state.clone();
-    let target = to_seq.map_or(state.last_sequence, |t| t.min(state.last_sequence));
-    let path = output.to_path_buf();
+    let target = options
+        .to_seq
+        .map_or(state.last_sequence, |t| t.min(state.last_sequence));
+    // The first sequence the stream can still deliver (past its end when it is empty).
+    let first = if state.messages == 0 {
+        state.last_sequence + 1
+    } else {
+        state.first_sequence
+    };
     let identity = truebit_streams::topology::stream_identity(&info);
+
+    let base = if options.prefer_checkpoint || first > 1 {
+        choose_checkpoint(js, output, first, target, &identity).await?
+    } else {
+        None
+    };
+    if base.is_none() && first > 1 && !options.allow_gap && target >= 1 {
+        return Err(Error::Gap {
+            from: 1,
+            to: (first - 1).min(target),
+        });
+    }
+    let path = output.to_path_buf();
     let db = Arc::new(
         blocking(move || {
             let db = Projections::open(path)?;
@@ -102,20 +158,28 @@ pub async fn rebuild(
         })
         .await?,
     );
+    let start = base.map_or(first, |seq| seq + 1);
     let mut rebuilt = Rebuilt {
         first_seq: state.first_sequence,
-        last_seq: 0,
+        last_seq: base.unwrap_or(0),
         folded: 0,
+        checkpoint: base,
         seconds: 0.0,
     };
-    if target == 0 || state.messages == 0 {
+    if target < start {
         rebuilt.seconds = started.elapsed().as_secs_f64();
         return Ok(rebuilt);
     }
 
     let consumer = stream
         .create_consumer(OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy: if start <= 1 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                }
+            },
             ..Default::default()
         })
         .await
@@ -165,6 +229,57 @@ pub async fn rebuild(
     }
     rebuilt.seconds = started.elapsed().as_secs_f64();
     Ok(rebuilt)
+}
+
+/// Downloads into `output` the newest checkpoint at or below `target` that leaves no gap before
+/// `first` and was taken from this very stream; `None` when there is none.
+async fn choose_checkpoint(
+    js: &jetstream::Context,
+    output: &Path,
+    first: u64,
+    target: u64,
+    identity: &str,
+) -> Result<Option<u64>, Error> {
+    let Ok(store) = js.get_object_store(CHECKPOINT_BUCKET).await else {
+        return Ok(None);
+    };
+    for seq in checkpoints(&store).await?.into_iter().rev() {
+        if seq > target {
+            continue;
+        }
+        if seq + 1 < first {
+            break; // older ones leave a bigger gap
+        }
+        let mut object = store
+            .get(checkpoint_name(seq))
+            .await
+            .map_err(|e| nats("reading a checkpoint", e))?;
+        let mut file = tokio::fs::File::create(output)
+            .await
+            .map_err(|e| nats("writing the checkpoint to disk", e))?;
+        tokio::io::copy(&mut object, &mut file)
+            .await
+            .map_err(|e| nats("reading a checkpoint", e))?;
+        drop(file);
+        let path = output.to_path_buf();
+        let (held, belongs) = blocking(move || {
+            let db = Projections::open_existing(path)?;
+            Ok((db.last_seq()?, db.stream_identity()?))
+        })
+        .await?;
+        if held == seq && belongs.as_deref() == Some(identity) {
+            tracing::info!(seq, "starting from checkpoint");
+            return Ok(Some(seq));
+        }
+        tracing::warn!(
+            seq,
+            held,
+            ?belongs,
+            "checkpoint does not match its name or this stream; skipped"
+        );
+        let _ = std::fs::remove_file(output);
+    }
+    Ok(None)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -17,6 +17,19 @@ pub const EVENTS_STREAM: &str = "TRUEBIT_EVENTS";
 pub const DLQ_STREAM: &str = "TRUEBIT_DLQ";
 pub const CONSUMER: &str = "aggregator";
 pub const STATS_BUCKET: &str = "truebit-stats";
+/// Object store of projection checkpoints: the database at a known stream sequence, so that old
+/// events can expire from `TRUEBIT_EVENTS` without a rebuild losing what they counted.
+pub const CHECKPOINT_BUCKET: &str = "truebit-checkpoints";
+
+/// The object name of the checkpoint at `seq`; names sort as their sequences do.
+pub fn checkpoint_name(seq: u64) -> String {
+    format!("seq-{seq:020}")
+}
+
+/// The sequence a checkpoint object holds, if `name` is one.
+pub fn checkpoint_seq(name: &str) -> Option<u64> {
+    name.strip_prefix("seq-")?.parse().ok()
+}
 
 /// JetStream refuses messages above this size outright; between [`crate::MAX_PAYLOAD`] and this,
 /// they are stored and then dead-lettered as `too_large`, so that the operator sees them.
@@ -48,11 +61,24 @@ impl Default for TopologyConfig {
 }
 
 /// Handles on the topology, once it exists.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Topology {
     pub events: Stream,
     pub dlq: Stream,
     pub stats: kv::Store,
+    pub checkpoints: jetstream::object_store::ObjectStore,
+}
+
+// The object store handle has no Debug of its own.
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("events", &EVENTS_STREAM)
+            .field("dlq", &DLQ_STREAM)
+            .field("stats", &STATS_BUCKET)
+            .field("checkpoints", &CHECKPOINT_BUCKET)
+            .finish()
+    }
 }
 
 /// Why the topology could not be made as the contract wants it.
@@ -155,7 +181,27 @@ pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, Topo
         .get_key_value(STATS_BUCKET)
         .await
         .map_err(|e| TopologyError::js(format!("opening KV bucket {STATS_BUCKET}"), e))?;
-    Ok(Topology { events, dlq, stats })
+    let checkpoints = match js.get_object_store(CHECKPOINT_BUCKET).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: CHECKPOINT_BUCKET.to_string(),
+                description: Some("checkpoints of the TrueBit aggregator's projections".into()),
+                storage: StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                TopologyError::js(format!("creating object store {CHECKPOINT_BUCKET}"), e)
+            })?,
+    };
+    Ok(Topology {
+        events,
+        dlq,
+        stats,
+        checkpoints,
+    })
 }
 
 async fn ensure_stream(js: &Context, want: Config) -> Result<Stream, TopologyError> {

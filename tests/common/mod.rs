@@ -22,6 +22,8 @@ pub struct Served {
     pub js: jetstream::Context,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), Error>>>,
+    /// Applied to the aggregator's config at every (re)start.
+    pub adjust: Box<dyn Fn(&mut ServeConfig) + Send + Sync>,
 }
 
 pub fn config(url: &str, db_path: &std::path::Path) -> ServeConfig {
@@ -33,6 +35,11 @@ pub fn config(url: &str, db_path: &std::path::Path) -> ServeConfig {
 impl Served {
     /// A fresh server and an aggregator serving it.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The same, with the aggregator's config adjusted first.
+    pub async fn start_with(adjust: impl Fn(&mut ServeConfig) + Send + Sync + 'static) -> Self {
         let server = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("aggregator.redb");
@@ -46,6 +53,7 @@ impl Served {
             js,
             stop: None,
             task: None,
+            adjust: Box::new(adjust),
         };
         s.serve();
         s.wait_for_topology().await;
@@ -55,7 +63,8 @@ impl Served {
     /// Starts (again) the in-process aggregator.
     pub fn serve(&mut self) {
         let (tx, rx) = oneshot::channel();
-        let cfg = config(&self.server.url(), &self.db_path);
+        let mut cfg = config(&self.server.url(), &self.db_path);
+        (self.adjust)(&mut cfg);
         self.task = Some(tokio::spawn(serve(cfg, async move {
             let _ = rx.await;
         })));
