@@ -97,7 +97,8 @@ fn assert_exact(db_path: &Path, fleet: &Fleet, expected: &truebit_testkit::Expec
 }
 
 #[tokio::test]
-async fn serve_killed_mid_catch_up_of_50000_events_ends_with_every_count_exact() {
+async fn serve_sigkilled_three_times_catching_up_on_200000_events_ends_exact_and_so_does_a_replay()
+{
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("aggregator.redb");
@@ -108,38 +109,51 @@ async fn serve_killed_mid_catch_up_of_50000_events_ends_with_every_count_exact()
         .success());
 
     let fleet = Fleet::new(200, 42);
-    let (last, expected) = publish_fleet(&js, &fleet, 16_000).await;
-    assert!(last >= 50_000, "the fleet published {last} events");
+    let (last, expected) = publish_fleet(&js, &fleet, 64_000).await;
+    assert!(last >= 200_000, "the fleet published {last} events");
 
-    // Watch the aggregator's acks, and kill it once it is well into the stream.
+    // Watch the aggregator's acks, and kill it at a quarter, a half and three quarters.
     let mut acks = client
         .subscribe("$JS.ACK.TRUEBIT_EVENTS.aggregator.>")
         .await
         .unwrap();
-    let (mut serve, _log) = spawn_serve(&server.url(), &db);
-    loop {
-        let ack = tokio::time::timeout(common::PATIENCE, acks.next())
-            .await
-            .expect("acks flow")
-            .unwrap();
-        let stream_seq: u64 = ack.subject.split('.').nth(5).unwrap().parse().unwrap();
-        if stream_seq > last / 2 {
-            break;
+    for quarter in 1..=3 {
+        let (mut serve, _log) = spawn_serve(&server.url(), &db);
+        loop {
+            let ack = tokio::time::timeout(common::PATIENCE, acks.next())
+                .await
+                .expect("acks flow")
+                .unwrap();
+            let stream_seq: u64 = ack.subject.split('.').nth(5).unwrap().parse().unwrap();
+            if stream_seq > last / 4 * quarter {
+                break;
+            }
         }
+        signal(&serve, SIGKILL);
+        serve.wait().unwrap();
+        let folded = Projections::open_existing(&db).unwrap().last_seq().unwrap();
+        assert!(folded < last, "killed mid-way: {folded} of {last}");
     }
-    signal(&serve, SIGKILL);
-    serve.wait().unwrap();
-    let folded_before = Projections::open_existing(&db).unwrap().last_seq().unwrap();
-    assert!(
-        folded_before < last,
-        "killed mid-way: {folded_before} of {last}"
-    );
 
     let (mut serve, _log) = spawn_serve(&server.url(), &db);
     common::wait_folded(&client, last).await;
     signal(&serve, SIGTERM);
     assert!(serve.wait().unwrap().success(), "SIGTERM exits 0");
     assert_exact(&db, &fleet, &expected);
+
+    let swap = run(command(&server.url(), &db).arg("replay"));
+    assert!(
+        swap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swap.stderr)
+    );
+    assert_exact(&db, &fleet, &expected);
+    let verify = run(command(&server.url(), &db).args(["replay", "--verify"]));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[tokio::test]
