@@ -5,7 +5,8 @@
 //! 2. `serve`'s catch-up fold rate over the same stream (the release binary, as deployed),
 //! 3. their ratio, and `serve`'s peak RSS,
 //! 4. `replay`'s rebuild rate over the same stream, and its ratio to the raw rate,
-//! 5. the time to compute the snapshot of every period with M tasks folded.
+//! 5. the time to compute the snapshot of every period with M tasks folded, and the size and
+//!    write time of one checkpoint of that database.
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use futures::StreamExt;
@@ -78,12 +79,20 @@ fn main() {
         replay / raw
     );
 
-    let (fold_secs, per_snapshot) = snapshot_cost(&fleet, args.snapshot_tasks);
+    let (fold_secs, per_snapshot, checkpoint) =
+        rt.block_on(snapshot_cost(&server, &fleet, args.snapshot_tasks));
     println!(
         "snapshot   {:>9.2} ms for all four periods with {} tasks folded (folded directly in {:.0} s)",
         per_snapshot.as_secs_f64() * 1e3,
         args.snapshot_tasks,
         fold_secs
+    );
+    println!(
+        "checkpoint {:>9.1} MiB with {} tasks: copy {:.1} s, upload to the object store {:.1} s",
+        checkpoint.bytes as f64 / (1 << 20) as f64,
+        args.snapshot_tasks,
+        checkpoint.copy.as_secs_f64(),
+        checkpoint.upload.as_secs_f64()
     );
 }
 
@@ -213,8 +222,20 @@ fn replay_rate(server: &NatsServer, events: u64) -> f64 {
         .expect("a rate in the summary")
 }
 
-/// Folds `tasks` simulated tasks straight into a database, then times snapshots over it.
-fn snapshot_cost(fleet: &Fleet, tasks: u64) -> (f64, Duration) {
+/// What one checkpoint of the big database cost.
+struct CheckpointCost {
+    bytes: u64,
+    copy: Duration,
+    upload: Duration,
+}
+
+/// Folds `tasks` simulated tasks straight into a database, then times snapshots over it and one
+/// checkpoint of it (the copy, and its upload to the object store).
+async fn snapshot_cost(
+    server: &NatsServer,
+    fleet: &Fleet,
+    tasks: u64,
+) -> (f64, Duration, CheckpointCost) {
     let dir = tempfile::tempdir().unwrap();
     let db = Projections::open(dir.path().join("snap.redb")).unwrap();
     let started = Instant::now();
@@ -239,5 +260,29 @@ fn snapshot_cost(fleet: &Fleet, tasks: u64) -> (f64, Duration) {
     for _ in 0..rounds {
         std::hint::black_box(db.snapshots(at).unwrap());
     }
-    (fold_secs, started.elapsed() / rounds)
+    let per_snapshot = started.elapsed() / rounds;
+
+    let path = dir.path().join("checkpoint.redb");
+    let started = Instant::now();
+    db.checkpoint_to(&path).unwrap();
+    let copy = started.elapsed();
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let store = truebit_streams::topology::ensure(&js, &Default::default())
+        .await
+        .unwrap()
+        .checkpoints;
+    let started = Instant::now();
+    let mut file = tokio::fs::File::open(&path).await.unwrap();
+    store.put("bench", &mut file).await.unwrap();
+    let upload = started.elapsed();
+    (
+        fold_secs,
+        per_snapshot,
+        CheckpointCost {
+            bytes,
+            copy,
+            upload,
+        },
+    )
 }
