@@ -79,6 +79,15 @@ pub async fn serve(
         .clone();
     let target = info.state.last_sequence;
     check_belongs(&db, &topology::stream_identity(&info), applied, target).await?;
+    if info.state.messages > 0 && applied + 1 < info.state.first_sequence {
+        return Err(Error::CheckFailed(format!(
+            "{} has folded up to sequence {applied}, but TRUEBIT_EVENTS now starts at {}: sequences {}..={} expired before they were folded; rebuild with `truebit-federation replay`, which starts from a checkpoint",
+            config.db_path.display(),
+            info.state.first_sequence,
+            applied + 1,
+            info.state.first_sequence - 1
+        )));
+    }
     let consumer = topology::aggregator_consumer(&topology.events, applied).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 

@@ -283,6 +283,16 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
         text(&verified)
     );
 
+    // A new aggregator on the expired stream would miss what the early events counted.
+    let fresh = served.dir.path().join("fresh.redb");
+    let refused = run(&url, &fresh, &["serve"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("expired before they were folded"),
+        "{}",
+        text(&refused)
+    );
+
     // Without checkpoints nothing covers the gap: refused, naming it, unless --allow-gap.
     for seq in truebit_replay::checkpoints(&store).await.unwrap() {
         store
