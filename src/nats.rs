@@ -58,6 +58,8 @@ impl NatsConfig {
                     async_nats::Event::Disconnected => {
                         tracing::warn!("disconnected from NATS; reconnecting")
                     }
+                    // Closed is what dropping the client at the end of a command looks like.
+                    async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
                     other => tracing::warn!(event = %other, "NATS"),
                 }
             })

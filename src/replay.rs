@@ -126,7 +126,7 @@ async fn run(
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} replay [{bar:40}] {pos}/{len} seq  {per_sec}  ETA {eta}",
+                "{spinner} replay [{bar:40}] {pos}/{len} seq  {msg}  ETA {eta}",
             )
             .expect("a valid template")
             .progress_chars("=> "),
@@ -140,6 +140,10 @@ async fn run(
         if let Some(bar) = &bar {
             bar.set_length(target);
             bar.set_position(seq);
+            bar.set_message(format!(
+                "{:.0} events/s",
+                seq as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            ));
         } else if first || last_line.elapsed() >= Duration::from_secs(5) || seq >= target {
             first = false;
             last_line = Instant::now();
