@@ -332,3 +332,62 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
                 .total_tasks
     );
 }
+
+#[tokio::test]
+async fn events_expired_by_max_age_are_still_counted_through_the_checkpoint() {
+    let mut served = Served::start_with(|c| {
+        c.checkpoint_interval = std::time::Duration::from_millis(200);
+        c.topology.events_max_age = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let url = served.server.url();
+    let (messages, expected) = Fleet::new(20, 9).generate(200);
+    let messages: Vec<(String, Vec<u8>)> = messages
+        .into_iter()
+        .map(|m| (m.subject.to_string(), m.payload))
+        .collect();
+    let mut meta = served
+        .client
+        .subscribe("$O.truebit-checkpoints.M.>")
+        .await
+        .unwrap();
+    let last = served.publish(&messages).await;
+    served.wait_folded(last).await;
+    let store = served
+        .js
+        .get_object_store("truebit-checkpoints")
+        .await
+        .unwrap();
+    loop {
+        use futures::StreamExt;
+        tokio::time::timeout(common::PATIENCE, meta.next())
+            .await
+            .expect("a checkpoint is stored")
+            .unwrap();
+        if truebit_replay::checkpoints(&store).await.unwrap().last() >= Some(&last) {
+            break;
+        }
+    }
+    served.stop().await.unwrap();
+
+    // JetStream expires every event by itself (max_age 2 s); wait for it, within patience.
+    let mut stream = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events did not expire"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let rebuilt = served.dir.path().join("rebuilt.redb");
+    let out = run(
+        &url,
+        &served.db_path,
+        &["replay", "--output", rebuilt.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let db = Projections::open_existing(&rebuilt).unwrap();
+    common::assert_fleet_counts(&db, &expected);
+}

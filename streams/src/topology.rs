@@ -115,6 +115,15 @@ impl TopologyError {
     }
 }
 
+/// JetStream refuses a duplicate window longer than the stream's `max_age`.
+fn duplicate_window(max_age: Duration) -> Duration {
+    if max_age.is_zero() {
+        DUPLICATE_WINDOW
+    } else {
+        DUPLICATE_WINDOW.min(max_age)
+    }
+}
+
 /// `TRUEBIT_EVENTS`: the record of everything nodes and operators said.
 pub fn events_stream_config(cfg: &TopologyConfig) -> Config {
     let mut subjects: Vec<String> = subjects::INBOUND.iter().map(|s| s.to_string()).collect();
@@ -130,7 +139,7 @@ pub fn events_stream_config(cfg: &TopologyConfig) -> Config {
         discard: DiscardPolicy::Old,
         max_age: cfg.events_max_age,
         max_message_size: MAX_STORED_MESSAGE,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window: duplicate_window(cfg.events_max_age),
         num_replicas: cfg.replicas,
         ..Default::default()
     }
@@ -146,7 +155,7 @@ pub fn dlq_stream_config(cfg: &TopologyConfig) -> Config {
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         max_age: cfg.dlq_max_age,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window: duplicate_window(cfg.dlq_max_age),
         num_replicas: cfg.replicas,
         ..Default::default()
     }

@@ -65,9 +65,17 @@ impl Served {
         let (tx, rx) = oneshot::channel();
         let mut cfg = config(&self.server.url(), &self.db_path);
         (self.adjust)(&mut cfg);
-        self.task = Some(tokio::spawn(serve(cfg, async move {
+        let served = serve(cfg, async move {
             let _ = rx.await;
-        })));
+        });
+        // Say at once why serve stopped, rather than leave a test waiting for its snapshots.
+        self.task = Some(tokio::spawn(async move {
+            let result = served.await;
+            if let Err(e) = &result {
+                eprintln!("serve failed: {e}");
+            }
+            result
+        }));
         self.stop = Some(tx);
     }
 
