@@ -30,15 +30,55 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A fleet's messages as `(subject, payload)`, and the counts they fold to.
+fn fleet_messages(
+    fleet: &Fleet,
+    tasks: u64,
+) -> (Vec<(String, Vec<u8>)>, truebit_testkit::Expected) {
+    let (messages, expected) = fleet.generate(tasks);
+    (
+        messages
+            .into_iter()
+            .map(|m| (m.subject.to_string(), m.payload))
+            .collect(),
+        expected,
+    )
+}
+
+/// Publishes, waits until folded and until a checkpoint holds it all; returns the last sequence.
+async fn publish_and_checkpoint(
+    served: &Served,
+    messages: &[(String, Vec<u8>)],
+) -> (u64, async_nats::jetstream::object_store::ObjectStore) {
+    use futures::StreamExt;
+    let mut stored = served
+        .client
+        .subscribe("$O.truebit-checkpoints.M.>")
+        .await
+        .unwrap();
+    let last = served.publish(messages).await;
+    served.wait_folded(last).await;
+    let store = served
+        .js
+        .get_object_store("truebit-checkpoints")
+        .await
+        .unwrap();
+    loop {
+        tokio::time::timeout(common::PATIENCE, stored.next())
+            .await
+            .expect("a checkpoint is stored")
+            .unwrap();
+        if truebit_replay::checkpoints(&store).await.unwrap().last() >= Some(&last) {
+            return (last, store);
+        }
+    }
+}
+
 /// A served aggregator that has folded a simulated fleet's events, and the counts they give.
 async fn folded_fleet(tasks: u64) -> (Served, Fleet, truebit_testkit::Expected, u64) {
     let served = Served::start().await;
     let fleet = Fleet::new(40, 11);
-    let (messages, expected) = fleet.generate(tasks);
-    let mut messages: Vec<(String, Vec<u8>)> = messages
-        .into_iter()
-        .map(|m| (m.subject.to_string(), m.payload))
-        .collect();
+    let (mut messages, expected) = fleet_messages(&fleet, tasks);
     messages.push(("truebit.heartbeat".into(), b"{broken".to_vec())); // a refusal is part of the record too
     let last = served.publish(&messages).await;
     served.wait_folded(last).await;
@@ -150,11 +190,7 @@ async fn serve_resumes_after_a_replay_swap_with_every_count_exact() {
         first_task: 10_000,
         ..fleet.clone()
     };
-    let (messages, more_expected) = more.generate(300);
-    let messages: Vec<(String, Vec<u8>)> = messages
-        .into_iter()
-        .map(|m| (m.subject.to_string(), m.payload))
-        .collect();
+    let (messages, more_expected) = fleet_messages(&more, 300);
     let last = served.publish(&messages).await;
     served.wait_folded(last).await;
     served.stop().await.unwrap();
@@ -185,38 +221,8 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
     .await;
     let url = served.server.url();
     let fleet = Fleet::new(30, 5);
-    let publish = |fleet: Fleet, tasks| async move {
-        let (messages, _) = fleet.generate(tasks);
-        messages
-            .into_iter()
-            .map(|m| (m.subject.to_string(), m.payload))
-            .collect::<Vec<_>>()
-    };
-    let mut meta = served
-        .client
-        .subscribe("$O.truebit-checkpoints.M.>")
-        .await
-        .unwrap();
-    let early = served.publish(&publish(fleet.clone(), 400).await).await;
-    served.wait_folded(early).await;
-    // Wait for a checkpoint that holds the early events.
-    let store = served
-        .js
-        .get_object_store("truebit-checkpoints")
-        .await
-        .unwrap();
-    loop {
-        use futures::StreamExt;
-        tokio::time::timeout(common::PATIENCE, meta.next())
-            .await
-            .expect("a checkpoint is stored")
-            .unwrap();
-        if let Some(&seq) = truebit_replay::checkpoints(&store).await.unwrap().last() {
-            if seq >= early {
-                break;
-            }
-        }
-    }
+    // A checkpoint that holds the early events.
+    let (_early, store) = publish_and_checkpoint(&served, &fleet_messages(&fleet, 400).0).await;
     // Later events are folded with no checkpoint after them: a rebuild must fold that tail.
     served.stop().await.unwrap();
     served.adjust = Box::new(|c| c.checkpoint_interval = std::time::Duration::ZERO);
@@ -226,18 +232,11 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
         .unwrap()
         .last()
         .unwrap();
-    let late = served
-        .publish(
-            &publish(
-                Fleet {
-                    first_task: 5000,
-                    ..fleet.clone()
-                },
-                200,
-            )
-            .await,
-        )
-        .await;
+    let later = Fleet {
+        first_task: 5000,
+        ..fleet.clone()
+    };
+    let late = served.publish(&fleet_messages(&later, 200).0).await;
     served.wait_folded(late).await;
     served.stop().await.unwrap();
 
@@ -341,33 +340,8 @@ async fn events_expired_by_max_age_are_still_counted_through_the_checkpoint() {
     })
     .await;
     let url = served.server.url();
-    let (messages, expected) = Fleet::new(20, 9).generate(200);
-    let messages: Vec<(String, Vec<u8>)> = messages
-        .into_iter()
-        .map(|m| (m.subject.to_string(), m.payload))
-        .collect();
-    let mut meta = served
-        .client
-        .subscribe("$O.truebit-checkpoints.M.>")
-        .await
-        .unwrap();
-    let last = served.publish(&messages).await;
-    served.wait_folded(last).await;
-    let store = served
-        .js
-        .get_object_store("truebit-checkpoints")
-        .await
-        .unwrap();
-    loop {
-        use futures::StreamExt;
-        tokio::time::timeout(common::PATIENCE, meta.next())
-            .await
-            .expect("a checkpoint is stored")
-            .unwrap();
-        if truebit_replay::checkpoints(&store).await.unwrap().last() >= Some(&last) {
-            break;
-        }
-    }
+    let (messages, expected) = fleet_messages(&Fleet::new(20, 9), 200);
+    publish_and_checkpoint(&served, &messages).await;
     served.stop().await.unwrap();
 
     // JetStream expires every event by itself (max_age 2 s); wait for it, within patience.
