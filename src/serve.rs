@@ -312,11 +312,13 @@ struct Folder {
 
 impl Folder {
     async fn fold(&mut self, batch: Vec<Delivery>) -> Result<(), Error> {
-        let mut delivered: Vec<(u64, jetstream::Message)> = Vec::with_capacity(batch.len());
+        // Each delivery with its stream sequence and the time JetStream stored it.
+        let mut delivered: Vec<(u64, DateTime<Utc>, jetstream::Message)> =
+            Vec::with_capacity(batch.len());
         for item in batch {
             match item {
                 Ok(msg) => match msg.info() {
-                    Ok(info) => delivered.push((info.stream_sequence, msg)),
+                    Ok(info) => delivered.push((info.stream_sequence, info.published, msg)),
                     Err(e) => {
                         tracing::warn!(error = %e, "a delivery without JetStream metadata; ignored")
                     }
@@ -328,14 +330,14 @@ impl Folder {
         if delivered.is_empty() {
             return Ok(());
         }
-        delivered.sort_by_key(|(seq, _)| *seq);
+        delivered.sort_by_key(|(seq, _, _)| *seq);
 
         // Fold in stream order with no gap: a delivery lost in flight (a reconnect, say) would
         // otherwise be skipped for good once a later sequence is committed. The stream is the
         // record, so a gap is filled by reading it.
         let mut stored = Vec::with_capacity(delivered.len());
         let mut cursor = self.applied;
-        for (seq, msg) in &delivered {
+        for (seq, published, msg) in &delivered {
             if *seq <= cursor {
                 continue;
             }
@@ -348,15 +350,11 @@ impl Folder {
                     }
                 }
             }
-            let published = msg
-                .info()
-                .map(|i| i.published)
-                .unwrap_or_else(|_| Utc::now());
             stored.push(Stored {
                 seq: *seq,
                 subject: msg.subject.to_string(),
                 payload: msg.payload.clone(),
-                time: published,
+                time: *published,
             });
             cursor = *seq;
         }
@@ -379,7 +377,7 @@ impl Folder {
             let applied = blocking(move || db.apply(&inputs)).await?;
             self.applied = applied.last_seq;
         }
-        for (_, msg) in delivered {
+        for (_, _, msg) in delivered {
             if let Err(e) = msg.ack().await {
                 tracing::debug!(error = %e, "ack lost; the message will be redelivered and skipped");
             }

@@ -34,7 +34,7 @@ pub async fn stats(config: &StatsConfig) -> Result<Value, Error> {
             let client = config.nats.connect("truebit-federation stats").await?;
             let query = Query {
                 period: Some(config.period.as_str().to_string()),
-                at: Some(super::stats::rfc3339(at)),
+                at: Some(rfc3339(at)),
             };
             query::ask(&client, &query).await
         }
@@ -42,7 +42,7 @@ pub async fn stats(config: &StatsConfig) -> Result<Value, Error> {
     }
 }
 
-pub(crate) fn rfc3339(minute: Minute) -> String {
+fn rfc3339(minute: Minute) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp(minute * 60, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()

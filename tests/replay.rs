@@ -22,6 +22,13 @@ fn run(url: &str, db: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs a command that must succeed; returns what it printed.
+fn run_ok(url: &str, db: &Path, args: &[&str]) -> String {
+    let out = run(url, db, args);
+    assert!(out.status.success(), "{args:?} failed: {}", text(&out));
+    text(&out)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -91,12 +98,11 @@ async fn verify_passes_after_a_live_run_and_catches_an_altered_record() {
     served.stop().await.unwrap();
     let url = served.server.url();
 
-    let ok = run(&url, &served.db_path, &["replay", "--verify"]);
-    assert!(ok.status.success(), "{}", text(&ok));
+    let ok = run_ok(&url, &served.db_path, &["replay", "--verify"]);
     assert!(
-        text(&ok).contains(&format!("verified: a rebuild up to sequence {last}")),
+        ok.contains(&format!("verified: a rebuild up to sequence {last}")),
         "{}",
-        text(&ok)
+        ok
     );
 
     // Alter one counter behind the aggregator's back.
@@ -125,17 +131,12 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
     let (mut served, _fleet, _expected, last) = folded_fleet(600).await;
     let url = served.server.url();
     let output = served.dir.path().join("rebuilt.redb");
-    let out = run(
+    let out = run_ok(
         &url,
         &served.db_path,
         &["replay", "--output", output.to_str().unwrap()],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("up to sequence {last}")),
-        "{}",
-        text(&out)
-    );
+    assert!(out.contains(&format!("up to sequence {last}")), "{}", out);
     // Replacing the live file while serve holds it is refused, with the way out.
     let refused = run(&url, &served.db_path, &["replay"]);
     assert_eq!(refused.status.code(), Some(2));
@@ -155,7 +156,7 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
     assert_eq!(live.differences(&rebuilt, 5).unwrap(), Vec::<String>::new());
 
     let partial = served.dir.path().join("partial.redb");
-    let out = run(
+    run_ok(
         &url,
         &served.db_path,
         &[
@@ -166,7 +167,6 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
             "100",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         Projections::open_existing(&partial)
             .unwrap()
@@ -181,9 +181,8 @@ async fn serve_resumes_after_a_replay_swap_with_every_count_exact() {
     let (mut served, fleet, expected, _) = folded_fleet(700).await;
     served.stop().await.unwrap();
     let url = served.server.url();
-    let out = run(&url, &served.db_path, &["replay"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("replaced"), "{}", text(&out));
+    let out = run_ok(&url, &served.db_path, &["replay"]);
+    assert!(out.contains("replaced"), "{}", out);
 
     served.serve();
     let more = Fleet {
@@ -250,18 +249,17 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
     stream.purge().sequence(checkpoint + 1).await.unwrap();
 
     let rebuilt = served.dir.path().join("rebuilt.redb");
-    let out = run(
+    let out = run_ok(
         &url,
         &served.db_path,
         &["replay", "--output", rebuilt.to_str().unwrap()],
     );
-    assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains(&format!(
+        out.contains(&format!(
             "started from the checkpoint at sequence {checkpoint}"
         )),
         "{}",
-        text(&out)
+        out
     );
     let live = Projections::open_existing(&served.db_path).unwrap();
     let at = chrono::Utc::now().timestamp() / 60 + 10;
@@ -274,12 +272,11 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
         "all-time numbers survive the expiry"
     );
     drop(live);
-    let verified = run(&url, &served.db_path, &["replay", "--verify"]);
-    assert!(verified.status.success(), "{}", text(&verified));
+    let verified = run_ok(&url, &served.db_path, &["replay", "--verify"]);
     assert!(
-        text(&verified).contains(&format!("from the checkpoint at sequence {checkpoint}")),
+        verified.contains(&format!("from the checkpoint at sequence {checkpoint}")),
         "{}",
-        text(&verified)
+        verified
     );
 
     // A new aggregator on the expired stream would miss what the early events counted.
@@ -312,12 +309,11 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
         text(&refused)
     );
     assert!(!gap.exists(), "nothing is written when refused");
-    let allowed = run(
+    run_ok(
         &url,
         &served.db_path,
         &["replay", "--output", gap.to_str().unwrap(), "--allow-gap"],
     );
-    assert!(allowed.status.success(), "{}", text(&allowed));
     let partial = Projections::open_existing(&gap)
         .unwrap()
         .snapshot(at, Period::All)
@@ -356,12 +352,11 @@ async fn events_expired_by_max_age_are_still_counted_through_the_checkpoint() {
     }
 
     let rebuilt = served.dir.path().join("rebuilt.redb");
-    let out = run(
+    run_ok(
         &url,
         &served.db_path,
         &["replay", "--output", rebuilt.to_str().unwrap()],
     );
-    assert!(out.status.success(), "{}", text(&out));
     let db = Projections::open_existing(&rebuilt).unwrap();
     common::assert_fleet_counts(&db, &expected);
 }

@@ -189,8 +189,8 @@ pub async fn rebuild(
         .await
         .map_err(|e| nats("reading the stream", e))?;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut last = 0;
-    while last < target {
+    let mut done = false;
+    while !done {
         let msg = match messages.next().await {
             Some(Ok(m)) => m,
             Some(Err(e)) => return Err(nats("reading the stream", e)),
@@ -204,14 +204,17 @@ pub async fn rebuild(
         let info = msg
             .info()
             .map_err(|e| nats("reading message metadata", e))?;
-        last = info.stream_sequence;
-        if last > target {
-            break;
+        // The target itself may have been deleted: the first message past it ends the rebuild.
+        done = info.stream_sequence >= target;
+        if info.stream_sequence <= target {
+            let event = truebit_streams::validate(&msg.subject, &msg.payload, info.published)
+                .map_err(|r| r.reason);
+            batch.push(Input {
+                seq: info.stream_sequence,
+                event,
+            });
         }
-        let event = truebit_streams::validate(&msg.subject, &msg.payload, info.published)
-            .map_err(|r| r.reason);
-        batch.push(Input { seq: last, event });
-        if batch.len() == BATCH || last >= target {
+        if batch.len() == BATCH || (done && !batch.is_empty()) {
             let inputs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             let db = db.clone();
             let applied = blocking(move || db.apply(&inputs)).await?;
@@ -219,13 +222,6 @@ pub async fn rebuild(
             rebuilt.last_seq = applied.last_seq;
             progress(applied.last_seq, target);
         }
-    }
-    if !batch.is_empty() {
-        let db = db.clone();
-        let applied = blocking(move || db.apply(&batch)).await?;
-        rebuilt.folded += applied.folded;
-        rebuilt.last_seq = applied.last_seq;
-        progress(applied.last_seq, target);
     }
     rebuilt.seconds = started.elapsed().as_secs_f64();
     Ok(rebuilt)

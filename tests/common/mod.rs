@@ -80,8 +80,8 @@ impl Served {
     }
 
     async fn wait_for_topology(&self) {
-        // The aggregator creates the topology; a first snapshot on KV means it is in place.
-        self.next_snapshot().await;
+        // The aggregator creates the topology before its first snapshot.
+        self.wait_folded(0).await;
     }
 
     /// Stops the aggregator as SIGTERM would, and returns what serve returned.
@@ -112,26 +112,6 @@ impl Served {
             last = ack.await.unwrap().sequence;
         }
         last
-    }
-
-    /// The next snapshot published on `truebit.stats.aggregated`, with the last folded sequence.
-    pub async fn next_snapshot(&self) -> (u64, serde_json::Value) {
-        let mut sub = self
-            .client
-            .subscribe("truebit.stats.aggregated")
-            .await
-            .unwrap();
-        let msg = tokio::time::timeout(PATIENCE, sub.next())
-            .await
-            .expect("a snapshot is published")
-            .unwrap();
-        let seq = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_LAST_SEQ))
-            .map(|v| v.as_str().parse().unwrap())
-            .unwrap();
-        (seq, serde_json::from_slice(&msg.payload).unwrap())
     }
 
     /// Waits until a published snapshot has folded everything up to `seq`; returns it.

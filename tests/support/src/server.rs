@@ -54,28 +54,17 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Kills the server (SIGKILL) and starts it again on the same port over the same store.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
-    /// Kills the server with SIGKILL; [`NatsServer::start_again`] brings it back.
-    pub fn kill(&mut self) {
+    fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    /// Starts a killed server again, on the same port over the same store.
-    pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the server is still running");
-        self.spawn();
     }
 
     fn spawn(&mut self) {
