@@ -126,7 +126,7 @@ impl Projections {
                 source,
             })?;
         }
-        let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+        let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
         Self::init(db, path)
     }
 
@@ -136,7 +136,7 @@ impl Projections {
         if !path.exists() {
             return Err(Error::Missing { path });
         }
-        let db = Database::open(&path).map_err(|e| open_error(&path, e))?;
+        let db = builder().open(&path).map_err(|e| open_error(&path, e))?;
         Self::init(db, path)
     }
 
@@ -360,7 +360,7 @@ impl Projections {
     pub fn checkpoint_to(&self, path: &Path) -> Result<u64, Error> {
         let read = self.db.begin_read()?;
         let last_seq = read_u64(&read.open_table(tables::META)?, meta::LAST_SEQ)?.unwrap_or(0);
-        let copy = Database::create(path).map_err(|e| open_error(path, e))?;
+        let copy = builder().create(path).map_err(|e| open_error(path, e))?;
         let write = copy.begin_write()?;
         // One big transaction that nobody reads before it commits: no need to sync pages twice.
         copy_table(&read, &write, tables::META)?;
@@ -384,6 +384,17 @@ impl Projections {
             txn.open_table(tables::NODES)?.len()?,
         ))
     }
+}
+
+/// The memory redb may use for its page cache and write buffer together. redb's default (1 GiB)
+/// would let a large database grow the process with the number of tasks; past this, pages are
+/// read through the operating system's page cache, which the kernel may reclaim.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
 }
 
 fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
@@ -517,7 +528,13 @@ fn event_type(kind: &EventKind) -> &'static str {
     }
 }
 
-/// One batch's write transaction: the tables, and the counter deltas accumulated until flush.
+/// One batch's write transaction, with a write-behind overlay of the records it touches.
+///
+/// Each record a batch touches is read and decoded once, folded in memory event by event in
+/// stream order, and written once, in key order, when the batch is flushed. Its contribution to
+/// the counters moves once too, from what the table held before the batch to what it holds
+/// after: the per-event moves in between would cancel out. This is what keeps a batch's cost
+/// near one B-tree update per distinct record rather than several per event.
 struct Writer<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     tasks: Table<'t, &'static [u8; 32], &'static [u8]>,
@@ -530,9 +547,86 @@ struct Writer<'t> {
     last_seq: u64,
     node_count: u64,
     publisher_count: u64,
-    deltas: HashMap<Minute, Counters>,
+    publisher_ids: HashMap<String, u32>,
+    task_overlay: HashMap<[u8; 32], Touched<TaskRecord>>,
+    invoice_overlay: HashMap<[u8; 32], Touched<InvoiceRecord>>,
+    node_overlay: HashMap<String, Touched<NodeRecord>>,
     rejections: HashMap<&'static str, u64>,
     events: HashMap<&'static str, u64>,
+}
+
+/// A record as the table held it before the batch, and as the batch has folded it so far.
+struct Touched<R> {
+    before: Option<R>,
+    now: Option<R>,
+}
+
+impl<R: Clone + PartialEq> Touched<R> {
+    fn loaded(before: Option<R>) -> Self {
+        Touched {
+            now: before.clone(),
+            before,
+        }
+    }
+
+    fn changed(&self) -> bool {
+        self.before != self.now
+    }
+}
+
+/// The overlay entry for `key`, loading the stored record on first touch.
+fn touch<'o, K, R, Q>(
+    overlay: &'o mut HashMap<K, Touched<R>>,
+    key: &Q,
+    load: impl FnOnce() -> Result<Option<R>, Error>,
+) -> Result<&'o mut Touched<R>, Error>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    R: Clone + PartialEq,
+{
+    if !overlay.contains_key(key) {
+        overlay.insert(key.to_owned(), Touched::loaded(load()?));
+    }
+    Ok(overlay.get_mut(key).expect("inserted above"))
+}
+
+/// Reads and decodes one record.
+fn load<K: redb::Key + 'static, R: serde::de::DeserializeOwned>(
+    table: &Table<'_, K, &'static [u8]>,
+    name: &'static str,
+    key: K::SelfType<'_>,
+) -> Result<Option<R>, Error> {
+    match table.get(key)? {
+        Some(bytes) => Ok(Some(decode(name, bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Takes the old record's contribution out of its bucket and puts the new one's in.
+fn shift<R>(
+    deltas: &mut HashMap<Minute, Counters>,
+    touched: &Touched<R>,
+    minute: fn(&R) -> Option<Minute>,
+    add: fn(&mut Counters, &R, i64),
+) {
+    for (record, sign) in [(&touched.before, -1), (&touched.now, 1)] {
+        if let Some(r) = record {
+            if let Some(m) = minute(r) {
+                add(deltas.entry(m).or_default(), r, sign);
+            }
+        }
+    }
+}
+
+/// The overlay's changed entries in key order: B-tree writes in order touch each page once and
+/// walk the tree like a merge rather than at random.
+fn changed_in_order<K: Ord, R: Clone + PartialEq>(
+    overlay: HashMap<K, Touched<R>>,
+) -> Vec<(K, Touched<R>)> {
+    let mut rows: Vec<_> = overlay.into_iter().filter(|(_, t)| t.changed()).collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows
 }
 
 impl<'t> Writer<'t> {
@@ -553,41 +647,57 @@ impl<'t> Writer<'t> {
             last_seq,
             node_count,
             publisher_count,
-            deltas: HashMap::new(),
+            publisher_ids: HashMap::new(),
+            task_overlay: HashMap::new(),
+            invoice_overlay: HashMap::new(),
+            node_overlay: HashMap::new(),
             rejections: HashMap::new(),
             events: HashMap::new(),
         })
     }
 
-    /// The small number standing for `node_id` among a record's reporters.
+    /// The small number standing for `node_id` among a record's reporters. Numbers are handed
+    /// out in stream order, so that a replay numbers exactly as the live fold did.
     fn publisher(&mut self, node_id: &str) -> Result<u32, Error> {
-        if let Some(id) = self.publishers.get(node_id)? {
-            return Ok(id.value());
+        if let Some(id) = self.publisher_ids.get(node_id) {
+            return Ok(*id);
         }
-        let id = u32::try_from(self.publisher_count).map_err(|_| Error::Corrupt {
-            table: "publishers",
-            detail: "more than 2^32 distinct nodeIds".into(),
-        })?;
-        self.publisher_count += 1;
-        self.publishers.insert(node_id, id)?;
+        let stored = self.publishers.get(node_id)?.map(|id| id.value());
+        let id = match stored {
+            Some(id) => id,
+            None => {
+                let id = u32::try_from(self.publisher_count).map_err(|_| Error::Corrupt {
+                    table: "publishers",
+                    detail: "more than 2^32 distinct nodeIds".into(),
+                })?;
+                self.publisher_count += 1;
+                self.publishers.insert(node_id, id)?;
+                id
+            }
+        };
+        self.publisher_ids.insert(node_id.to_string(), id);
         Ok(id)
     }
 
-    /// Takes the old record's contribution out of its bucket and puts the new one's in.
-    fn shift<R>(
-        &mut self,
-        old: Option<&R>,
-        new: Option<&R>,
-        minute: fn(&R) -> Option<Minute>,
-        add: fn(&mut Counters, &R, i64),
-    ) {
-        for (record, sign) in [(old, -1), (new, 1)] {
-            if let Some(r) = record {
-                if let Some(m) = minute(r) {
-                    add(self.deltas.entry(m).or_default(), r, sign);
-                }
-            }
-        }
+    fn task(&mut self, id: &Digest) -> Result<&mut Touched<TaskRecord>, Error> {
+        let table = &self.tasks;
+        touch(&mut self.task_overlay, &id.0, || {
+            load(table, "tasks", &id.0)
+        })
+    }
+
+    fn invoice(&mut self, id: &Digest) -> Result<&mut Touched<InvoiceRecord>, Error> {
+        let table = &self.invoices;
+        touch(&mut self.invoice_overlay, &id.0, || {
+            load(table, "invoices", &id.0)
+        })
+    }
+
+    fn node(&mut self, node_id: &str) -> Result<&mut Touched<NodeRecord>, Error> {
+        let table = &self.nodes;
+        touch(&mut self.node_overlay, node_id, || {
+            load(table, "nodes", node_id)
+        })
     }
 
     fn fold(&mut self, event: &Event) -> Result<(), Error> {
@@ -600,116 +710,84 @@ impl<'t> Writer<'t> {
                 task_type,
             } => {
                 let reporter = self.publisher(&event.node_id)?;
-                let old = self.get_task(task)?;
-                let new = fold::task_received(old.clone(), minute, reporter, chain_id, task_type);
-                self.put_task(task, old, new)?;
+                let t = self.task(task)?;
+                t.now = Some(fold::task_received(
+                    t.now.take(),
+                    minute,
+                    reporter,
+                    chain_id,
+                    task_type,
+                ));
             }
             EventKind::TaskCompleted { task, outcome } => {
                 let reporter = self.publisher(&event.node_id)?;
-                let old = self.get_task(task)?;
-                let new = fold::task_completed(old.clone(), minute, reporter, outcome);
-                self.put_task(task, old, new)?;
+                let t = self.task(task)?;
+                t.now = Some(fold::task_completed(
+                    t.now.take(),
+                    minute,
+                    reporter,
+                    outcome,
+                ));
             }
             EventKind::InvoiceCreated(invoice) => {
                 let reporter = self.publisher(&event.node_id)?;
-                let old: Option<InvoiceRecord> = match self.invoices.get(&invoice.invoice.0)? {
-                    Some(b) => Some(decode("invoices", b.value())?),
-                    None => None,
-                };
-                let new = fold::invoice_created(old.clone(), minute, reporter, invoice);
-                if old.as_ref() != Some(&new) {
-                    self.shift(
-                        old.as_ref(),
-                        Some(&new),
-                        |r| Some(r.first_seen),
-                        Counters::invoice,
-                    );
-                    self.invoices
-                        .insert(&invoice.invoice.0, encode(&new).as_slice())?;
-                }
+                let i = self.invoice(&invoice.invoice)?;
+                i.now = Some(fold::invoice_created(
+                    i.now.take(),
+                    minute,
+                    reporter,
+                    invoice,
+                ));
             }
             EventKind::HeartbeatReported(hb) => {
-                let old = self.get_node(&event.node_id)?;
-                let new = fold::heartbeat_reported(old.clone(), minute, hb);
-                self.put_node(&event.node_id, old, Some(new))?;
+                let n = self.node(&event.node_id)?;
+                n.now = Some(fold::heartbeat_reported(n.now.take(), minute, hb));
             }
             EventKind::NodeJoined { status } => {
-                let old = self.get_node(&event.node_id)?;
-                let new = fold::node_joined(old.clone(), minute, status);
-                self.put_node(&event.node_id, old, Some(new))?;
+                let n = self.node(&event.node_id)?;
+                n.now = Some(fold::node_joined(n.now.take(), minute, status));
             }
             EventKind::NodeLeft { status } => {
-                let old = self.get_node(&event.node_id)?;
-                let new = fold::node_left(old.clone(), status);
-                self.put_node(&event.node_id, old, new)?;
+                let n = self.node(&event.node_id)?;
+                n.now = fold::node_left(n.now.take(), status);
             }
         }
         Ok(())
     }
 
-    fn get_task(&self, id: &Digest) -> Result<Option<TaskRecord>, Error> {
-        match self.tasks.get(&id.0)? {
-            Some(b) => Ok(Some(decode("tasks", b.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    fn put_task(
-        &mut self,
-        id: &Digest,
-        old: Option<TaskRecord>,
-        new: TaskRecord,
-    ) -> Result<(), Error> {
-        if old.as_ref() == Some(&new) {
-            return Ok(()); // a repeated report changes nothing
-        }
-        self.shift(
-            old.as_ref(),
-            Some(&new),
-            |t| Some(t.first_seen),
-            Counters::task,
-        );
-        self.tasks.insert(&id.0, encode(&new).as_slice())?;
-        Ok(())
-    }
-
-    fn get_node(&self, node_id: &str) -> Result<Option<NodeRecord>, Error> {
-        match self.nodes.get(node_id)? {
-            Some(b) => Ok(Some(decode("nodes", b.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    fn put_node(
-        &mut self,
-        node_id: &str,
-        old: Option<NodeRecord>,
-        new: Option<NodeRecord>,
-    ) -> Result<(), Error> {
-        let Some(new) = new else { return Ok(()) };
-        if old.as_ref() == Some(&new) {
-            return Ok(());
-        }
-        if old.is_none() {
-            self.node_count += 1;
-        }
-        self.shift(old.as_ref(), Some(&new), |n| n.last_seen, Counters::node);
-        self.nodes.insert(node_id, encode(&new).as_slice())?;
-        Ok(())
-    }
-
-    /// Adds the batch's deltas to every level's buckets and writes the batch's position.
+    /// Writes the overlay, the counters it moved and the batch's position.
     fn flush(mut self) -> Result<(), Error> {
+        let mut deltas: HashMap<Minute, Counters> = HashMap::new();
+        for (id, t) in changed_in_order(std::mem::take(&mut self.task_overlay)) {
+            shift(&mut deltas, &t, |r| Some(r.first_seen), Counters::task);
+            let record = t.now.as_ref().expect("a task, once created, stays");
+            self.tasks.insert(&id, encode(record).as_slice())?;
+        }
+        for (id, i) in changed_in_order(std::mem::take(&mut self.invoice_overlay)) {
+            shift(&mut deltas, &i, |r| Some(r.first_seen), Counters::invoice);
+            let record = i.now.as_ref().expect("an invoice, once created, stays");
+            self.invoices.insert(&id, encode(record).as_slice())?;
+        }
+        for (id, n) in changed_in_order(std::mem::take(&mut self.node_overlay)) {
+            shift(&mut deltas, &n, |r| r.last_seen, Counters::node);
+            let Some(record) = n.now.as_ref() else {
+                continue; // `node_left` of a nodeId that never was a node
+            };
+            if n.before.is_none() {
+                self.node_count += 1;
+            }
+            self.nodes.insert(id.as_str(), encode(record).as_slice())?;
+        }
+
         let mut rows: HashMap<(u8, i64), Counters> = HashMap::new();
-        for (minute, delta) in self.deltas.drain() {
+        for (minute, delta) in deltas {
             for key in buckets_of(minute) {
                 rows.entry(key).or_default().merge(&delta, 1);
             }
         }
+        let mut rows: Vec<_> = rows.into_iter().filter(|(_, d)| !d.is_zero()).collect();
+        rows.sort_unstable_by_key(|(key, _)| *key);
         for (key, delta) in rows {
-            if delta.is_zero() {
-                continue;
-            }
             let mut current: Counters = match self.counters.get(key)? {
                 Some(b) => decode("counters", b.value())?,
                 None => Counters::default(),

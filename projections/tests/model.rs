@@ -246,6 +246,33 @@ fn arb_event() -> impl Strategy<Value = Event> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
+    /// A batch folds its records in memory and writes each once: how the stream is cut into
+    /// batches must never show in the database, record by record and counter by counter.
+    #[test]
+    fn batching_never_changes_a_record(
+        events in proptest::collection::vec(arb_event(), 1..250),
+        cuts in proptest::collection::vec(1usize..60, 1..20),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let one_by_one = Projections::open(dir.path().join("a.redb")).unwrap();
+        let in_batches = Projections::open(dir.path().join("b.redb")).unwrap();
+        let inputs: Vec<Input> = events.iter().enumerate()
+            .map(|(i, e)| Input { seq: i as u64 + 1, event: Ok(e.clone()) }).collect();
+        for input in &inputs {
+            one_by_one.apply(std::slice::from_ref(input)).unwrap();
+        }
+        let mut rest = inputs.as_slice();
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, tail) = rest.split_at((*cut).min(rest.len()));
+            in_batches.apply(batch).unwrap();
+            rest = tail;
+        }
+        prop_assert_eq!(one_by_one.differences(&in_batches, 10).unwrap(), Vec::<String>::new());
+    }
+
     #[test]
     fn projections_agree_with_the_reference_model(
         events in proptest::collection::vec(arb_event(), 1..250),
