@@ -26,6 +26,7 @@
 
 mod dead_letter;
 mod event;
+mod fast;
 mod labels;
 pub mod subjects;
 pub mod topology;

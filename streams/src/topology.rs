@@ -347,10 +347,14 @@ pub fn consumer_config(start: u64) -> pull::Config {
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_deliver: -1,
-        max_ack_pending: 20_000,
+        max_ack_pending: MAX_ACK_PENDING,
         ..Default::default()
     }
 }
+
+/// Deliveries the aggregator may hold unacked: what `serve` validates and queues while it
+/// commits, with room to spare. Below that, JetStream would pause delivery during every commit.
+pub const MAX_ACK_PENDING: i64 = 100_000;
 
 /// Opens the durable consumer so that it delivers the message after `applied`, the last sequence
 /// the database holds.
@@ -369,6 +373,7 @@ pub async fn aggregator_consumer(
         Ok(info) => {
             let floor = info.ack_floor.stream_sequence;
             let config_ok = info.config.ack_policy == AckPolicy::Explicit
+                && info.config.max_ack_pending == MAX_ACK_PENDING
                 && info.config.filter_subject.is_empty()
                 && info.config.filter_subjects.is_empty();
             let position_ok = floor <= applied && applied - floor <= MAX_REDELIVERY_TO_SKIP;

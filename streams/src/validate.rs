@@ -105,6 +105,21 @@ pub fn validate(
     payload: &[u8],
     stored_at: DateTime<Utc>,
 ) -> Result<Event, Rejection> {
+    // Nearly every message is valid: a parse without allocations takes those, and anything it
+    // does not accept outright is judged by the reference below, which names the reason.
+    if let Some(event) = crate::fast::accept(subject, payload, stored_at) {
+        return Ok(event);
+    }
+    reference(subject, payload, stored_at)
+}
+
+/// The validator as the contract reads: a JSON value, then each check in the contract's order.
+/// The fast path must agree with it on every message it accepts.
+pub(crate) fn reference(
+    subject: &str,
+    payload: &[u8],
+    stored_at: DateTime<Utc>,
+) -> Result<Event, Rejection> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -132,7 +147,15 @@ pub fn validate(
         )
     })?;
     let (node_id, timestamp, kind) = check_schema(&envelope, expected)?;
+    Ok(Event {
+        node_id: node_id.to_owned(),
+        minute: check_time(timestamp, stored_at)?,
+        kind,
+    })
+}
 
+/// The clock check: the envelope's timestamp as an event minute, or why it is refused.
+pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i64, Rejection> {
     let time = DateTime::parse_from_rfc3339(timestamp)
         .map_err(|e| {
             Rejection::new(
@@ -158,12 +181,33 @@ pub fn validate(
             format!("timestamp {timestamp} is {skew} s after the message was stored; at most {MAX_CLOCK_SKEW_SECS} s is allowed"),
         ));
     }
+    Ok(time.timestamp().div_euclid(60))
+}
 
-    Ok(Event {
-        node_id: node_id.to_owned(),
-        minute: time.timestamp().div_euclid(60),
-        kind,
-    })
+/// Whether `version` has major 1.
+pub(crate) fn major_is_one(version: &str) -> bool {
+    version
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .parse::<u64>()
+        .ok()
+        == Some(1)
+}
+
+/// `taskType`, `operation`, `status`: lower-cased, then 1–32 characters of `[a-z0-9_-]`.
+pub(crate) fn word(s: &str) -> Option<String> {
+    let lower = s.to_lowercase();
+    let ok = (1..=32).contains(&lower.len())
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    ok.then_some(lower)
+}
+
+/// A chain id's digits: 1–20 decimal digits.
+pub(crate) fn chain_digits(digits: &str) -> bool {
+    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The schema checks, in the order a reader meets the fields.
@@ -172,8 +216,7 @@ fn check_schema(
     expected: EventType,
 ) -> Result<(&str, &str, EventKind), Rejection> {
     let version = required_str(envelope, "version", "$.version")?;
-    let major = version.split('.').next().unwrap_or_default();
-    if major.parse::<u64>().ok() != Some(1) {
+    if !major_is_one(version) {
         return Err(Rejection::schema(
             "$.version",
             format!("version {version:?} has major other than 1"),
@@ -292,7 +335,7 @@ fn required_str<'a>(
     }
 }
 
-fn valid_node_id(s: &str) -> bool {
+pub(crate) fn valid_node_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
@@ -375,7 +418,7 @@ impl<'a> Fields<'a> {
                 ))
             }
         };
-        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if !chain_digits(&digits) {
             return Err(self.err(
                 field,
                 format!("{field} must be 1-20 decimal digits, not {digits:?}"),
@@ -396,18 +439,12 @@ impl<'a> Fields<'a> {
                 format!("{field} must be a string, not {}", kind_of(v)),
             ));
         };
-        let lower = s.to_lowercase();
-        let ok = (1..=32).contains(&lower.len())
-            && lower
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !ok {
-            return Err(self.err(
+        word(s).map(Some).ok_or_else(|| {
+            self.err(
                 field,
                 format!("{field} must be 1-32 characters of [a-z0-9_-]"),
-            ));
-        }
-        Ok(Some(lower))
+            )
+        })
     }
 
     fn boolean(&self, field: &str) -> Result<Option<bool>, Rejection> {
