@@ -34,11 +34,16 @@ impl Publisher {
         blocking(move || db.snapshots(at)).await
     }
 
-    /// Publishes the snapshot of every period at the current minute. Failures are logged, not
-    /// fatal: the next interval publishes again.
-    pub async fn publish(&self, applied: u64) {
+    async fn snapshots_with_seq(&self, at: Minute) -> Result<(u64, Vec<Snapshot>), crate::Error> {
+        let db = self.db.clone();
+        blocking(move || db.snapshots_with_seq(at)).await
+    }
+
+    /// Publishes the snapshot of every period at the current minute, stamped with the last
+    /// sequence folded into it. Failures are logged, not fatal: the next interval publishes again.
+    pub async fn publish(&self) {
         let started = Instant::now();
-        let snapshots = match self.snapshots(now_minute()).await {
+        let (applied, snapshots) = match self.snapshots_with_seq(now_minute()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot compute the snapshot");

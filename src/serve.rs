@@ -10,7 +10,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use truebit_projections::{Input, Projections};
 use truebit_streams::topology::{self, TopologyConfig};
@@ -97,15 +97,22 @@ pub async fn serve(
         publisher.clone(),
         stop.clone(),
     ));
-    let mut folder = Folder {
+
+    // The fold is a two-stage pipeline: the receiver pulls, validates and dead-letters the next
+    // batches while the committer folds and commits the previous ones. Batches that queue up
+    // while a commit runs are folded together in the next one, so that commits grow with the
+    // load: small and prompt when the stream is quiet, large and cheap per event in a burst.
+    let (applied_tx, mut applied_rx) = watch::channel(applied);
+    let (ready_tx, ready_rx) = mpsc::channel(QUEUED_BATCHES);
+    let receiver = Receiver {
         js,
         events: topology.events.clone(),
-        db,
-        applied,
+        cursor: applied,
         stop: stop.clone(),
     };
+    let mut receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));
+    let mut committing = tokio::spawn(commit(client.clone(), db.clone(), ready_rx, applied_tx));
 
-    let mut messages = open_messages(&consumer, config.batch_size).await?;
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + config.publish_interval,
         config.publish_interval,
@@ -113,7 +120,7 @@ pub async fn serve(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut catch_up = CatchUp::new(applied, target);
     if catch_up.done {
-        publisher.publish(folder.applied).await;
+        publisher.publish().await;
     }
 
     // A checkpoint runs beside the fold (a read transaction does not block writes); one at a time.
@@ -130,14 +137,16 @@ pub async fn serve(
     let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
 
     let mut stop_rx = stop.clone();
-    loop {
+    let committed = loop {
         tokio::select! {
             biased;
-            _ = stop_rx.changed() => break,
-            _ = ticker.tick() => publisher.publish(folder.applied).await,
+            _ = stop_rx.changed() => break None,
+            // The committer ends early only when a commit failed.
+            result = &mut committing => break Some(result),
+            _ = ticker.tick() => publisher.publish().await,
             _ = checkpoints.tick(), if !config.checkpoint_interval.is_zero() => {
                 if checkpointing.as_ref().is_none_or(|h| h.is_finished()) {
-                    let (store, db, keep) = (topology.checkpoints.clone(), folder.db.clone(), config.checkpoints_kept);
+                    let (store, db, keep) = (topology.checkpoints.clone(), db.clone(), config.checkpoints_kept);
                     checkpointing = Some(tokio::spawn(async move {
                         match crate::checkpoint::write(&store, &db, keep).await {
                             Ok(w) => tracing::info!(seq = w.seq, bytes = w.bytes, copy_ms = w.copy.as_millis() as u64, upload_ms = w.upload.as_millis() as u64, "stored checkpoint"),
@@ -146,27 +155,36 @@ pub async fn serve(
                     }));
                 }
             }
-            batch = messages.next() => match batch {
-                Some(batch) => {
-                    folder.fold(batch).await?;
-                    if catch_up.progress(folder.applied) {
-                        publisher.publish(folder.applied).await;
-                    }
+            Ok(()) = applied_rx.changed() => {
+                let applied = *applied_rx.borrow_and_update();
+                if catch_up.progress(applied) {
+                    publisher.publish().await;
                 }
-                None => {
-                    tracing::warn!("the consumer's message stream ended; reopening it");
-                    messages = reopen(&consumer, config.batch_size, &stop).await?;
-                }
-            },
+            }
         }
-    }
-    // The select! above only stops between batches: the last one is committed and acked.
+    };
+    // Stopping: the receiver hands over the batch in hand and closes the queue; the committer
+    // commits and acks everything queued, then ends.
+    let received = joined(&mut receiving).await;
+    let committed = match committed {
+        Some(result) => result,
+        None => (&mut committing).await,
+    };
+    let committed = committed.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
     let _ = responder.await;
     if let Some(running) = checkpointing {
         let _ = running.await;
     }
-    tracing::info!(applied = folder.applied, "stopped");
+    committed?;
+    received?;
+    tracing::info!(applied = *applied_rx.borrow(), "stopped");
     Ok(())
+}
+
+/// A task's result, with a panic carried on as a panic.
+async fn joined<T>(task: &mut tokio::task::JoinHandle<T>) -> T {
+    task.await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
 /// Refuses a database folded from another incarnation of the stream, or ahead of it: folding on
@@ -301,17 +319,97 @@ struct Stored {
     time: DateTime<Utc>,
 }
 
-/// The live fold: validates, dead-letters, commits, then acks.
-struct Folder {
+/// Validated batches that may wait for the committer; a full queue holds the receiver back.
+const QUEUED_BATCHES: usize = 16;
+/// The most messages one commit folds, when that many have queued up.
+const COMMIT_MAX: usize = 32_768;
+
+/// A batch ready to commit: its dead letters are stored, and its deliveries are acked once the
+/// commit that holds its inputs is durable.
+struct Ready {
+    inputs: Vec<Input>,
+    /// The reply subject of each delivery. An ack is an empty message to it (what
+    /// `jetstream::Message::ack` sends); keeping only these, copied out of the read buffers,
+    /// lets the payloads go as soon as they are validated.
+    acks: Vec<async_nats::Subject>,
+}
+
+/// Folds what the receiver hands over, a commit at a time, and acks after each commit.
+async fn commit(
+    client: async_nats::Client,
+    db: Arc<Projections>,
+    mut ready: mpsc::Receiver<Ready>,
+    applied: watch::Sender<u64>,
+) -> Result<(), Error> {
+    while let Some(Ready {
+        mut inputs,
+        mut acks,
+    }) = ready.recv().await
+    {
+        while inputs.len() < COMMIT_MAX {
+            let Ok(more) = ready.try_recv() else { break };
+            inputs.extend(more.inputs);
+            acks.extend(more.acks);
+        }
+        // Batches are committed in the order they were handed over, so a delivery acked here
+        // (a redelivery the receiver skipped, too) was folded by this commit or an earlier one.
+        if !inputs.is_empty() {
+            let db = db.clone();
+            let done = blocking(move || db.apply(&inputs)).await?;
+            applied.send_replace(done.last_seq);
+        }
+        for reply in acks {
+            if let Err(e) = client.publish(reply, Bytes::new()).await {
+                tracing::debug!(error = %e, "ack lost; the message will be redelivered and skipped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first stage of the live fold: pulls, puts deliveries in stream order without gaps,
+/// validates and dead-letters.
+struct Receiver {
     js: jetstream::Context,
     events: Stream,
-    db: Arc<Projections>,
-    applied: u64,
+    /// The last sequence handed to the committer.
+    cursor: u64,
     stop: watch::Receiver<bool>,
 }
 
-impl Folder {
-    async fn fold(&mut self, batch: Vec<Delivery>) -> Result<(), Error> {
+impl Receiver {
+    async fn run(
+        mut self,
+        consumer: PullConsumer,
+        batch: usize,
+        out: mpsc::Sender<Ready>,
+    ) -> Result<(), Error> {
+        let mut messages = open_messages(&consumer, batch).await?;
+        let mut stop = self.stop.clone();
+        loop {
+            let deliveries = tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                next = messages.next() => match next {
+                    Some(deliveries) => deliveries,
+                    None => {
+                        tracing::warn!("the consumer's message stream ended; reopening it");
+                        messages = reopen(&consumer, batch, &self.stop).await?;
+                        continue;
+                    }
+                },
+            };
+            if let Some(ready) = self.prepare(deliveries).await {
+                // Waits while the committer is behind: the backpressure that bounds memory.
+                if out.send(ready).await.is_err() {
+                    return Ok(()); // the committer failed; serve reports why
+                }
+            }
+        }
+    }
+
+    /// Turns a batch of deliveries into inputs; `None` when it must be redelivered instead.
+    async fn prepare(&mut self, batch: Vec<Delivery>) -> Option<Ready> {
         // Each delivery with its stream sequence and the time JetStream stored it.
         let mut delivered: Vec<(u64, DateTime<Utc>, jetstream::Message)> =
             Vec::with_capacity(batch.len());
@@ -328,7 +426,7 @@ impl Folder {
             }
         }
         if delivered.is_empty() {
-            return Ok(());
+            return None;
         }
         delivered.sort_by_key(|(seq, _, _)| *seq);
 
@@ -336,7 +434,7 @@ impl Folder {
         // otherwise be skipped for good once a later sequence is committed. The stream is the
         // record, so a gap is filled by reading it.
         let mut stored = Vec::with_capacity(delivered.len());
-        let mut cursor = self.applied;
+        let mut cursor = self.cursor;
         for (seq, published, msg) in &delivered {
             if *seq <= cursor {
                 continue;
@@ -346,7 +444,7 @@ impl Folder {
                     Ok(filled) => stored.extend(filled),
                     Err(e) => {
                         tracing::warn!(error = %e, from = cursor + 1, to = seq - 1, "cannot fill a gap from the stream yet; the batch will be redelivered");
-                        return Ok(());
+                        return None;
                     }
                 }
             }
@@ -370,19 +468,15 @@ impl Folder {
             inputs.push(Input { seq: m.seq, event });
         }
         if !dead.is_empty() && !self.store_dead_letters(&dead).await {
-            return Ok(()); // stopping: nothing committed, nothing acked, all redelivered later
+            return None; // stopping: nothing committed, nothing acked, all redelivered later
         }
-        if !inputs.is_empty() {
-            let db = self.db.clone();
-            let applied = blocking(move || db.apply(&inputs)).await?;
-            self.applied = applied.last_seq;
-        }
-        for (_, _, msg) in delivered {
-            if let Err(e) = msg.ack().await {
-                tracing::debug!(error = %e, "ack lost; the message will be redelivered and skipped");
-            }
-        }
-        Ok(())
+        self.cursor = cursor;
+        let acks = delivered
+            .iter()
+            .filter_map(|(_, _, msg)| msg.reply.as_ref())
+            .map(|reply| async_nats::Subject::from(reply.as_str()))
+            .collect();
+        Some(Ready { inputs, acks })
     }
 
     /// Messages `from..to` as the stream holds them; sequences it no longer holds are absent.

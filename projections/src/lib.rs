@@ -238,13 +238,20 @@ impl Projections {
 
     /// The snapshots of every period at minute `at`, from one consistent view.
     pub fn snapshots(&self, at: Minute) -> Result<Vec<Snapshot>, Error> {
+        Ok(self.snapshots_with_seq(at)?.1)
+    }
+
+    /// The snapshots of every period at minute `at`, and the last folded sequence they hold,
+    /// from one consistent view: what a publisher stamps on them while batches commit beside it.
+    pub fn snapshots_with_seq(&self, at: Minute) -> Result<(u64, Vec<Snapshot>), Error> {
         let reader = Reader::open(&self.db)?;
         let recent = reader.recent(at)?;
         let day = reader.last_day(at)?;
-        Period::ALL
+        let snapshots = Period::ALL
             .into_iter()
             .map(|p| reader.snapshot(at, p, &recent, &day))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((reader.last_seq, snapshots))
     }
 
     pub fn task(&self, id: &Digest) -> Result<Option<TaskView>, Error> {
@@ -824,6 +831,7 @@ impl<'t> Writer<'t> {
 struct Reader {
     counters: redb::ReadOnlyTable<(u8, i64), &'static [u8]>,
     total_nodes: u64,
+    last_seq: u64,
 }
 
 /// Active nodes are those heartbeating within this many minutes of `T`.
@@ -832,10 +840,11 @@ const ACTIVE_MINUTES: i64 = 5;
 impl Reader {
     fn open(db: &Database) -> Result<Self, Error> {
         let txn = db.begin_read()?;
-        let total_nodes = read_u64(&txn.open_table(tables::META)?, meta::NODES)?.unwrap_or(0);
+        let meta_table = txn.open_table(tables::META)?;
         Ok(Reader {
             counters: txn.open_table(tables::COUNTERS)?,
-            total_nodes,
+            total_nodes: read_u64(&meta_table, meta::NODES)?.unwrap_or(0),
+            last_seq: read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0),
         })
     }
 
