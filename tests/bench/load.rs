@@ -104,13 +104,15 @@ async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
     );
 
     // Snapshot arrivals, recorded as they come.
-    let arrivals = tokio::spawn(async move {
-        let mut at = Vec::new();
-        while let Some(_msg) = snapshots.next().await {
-            at.push(Instant::now());
-        }
-        at
-    });
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Some(_msg) = snapshots.next().await {
+                arrivals.lock().unwrap().push(Instant::now());
+            }
+        })
+    };
     // The consumer's lag, sampled every second while the fleet publishes.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sampler = {
@@ -168,8 +170,8 @@ async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
         .expect("a latest snapshot in KV");
     signal(&serve, SIGTERM);
     let status = serve.wait().unwrap();
-    arrivals.abort();
-    let arrivals = arrivals.await.unwrap_or_default();
+    recorder.abort();
+    let arrivals = arrivals.lock().unwrap().clone();
 
     let interval = Duration::from_millis(args.interval_ms).as_secs_f64();
     let gaps: Vec<f64> = arrivals
