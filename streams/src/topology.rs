@@ -286,7 +286,7 @@ fn differing_settings(have: &Config, want: &Config) -> Vec<&'static str> {
         ("max_age", have.max_age != want.max_age),
         (
             "max_msg_size",
-            have.max_message_size != want.max_message_size,
+            limit(have.max_message_size.into()) != limit(want.max_message_size.into()),
         ),
         (
             "duplicate_window",
@@ -299,7 +299,7 @@ fn differing_settings(have: &Config, want: &Config) -> Vec<&'static str> {
         ("discard", have.discard != want.discard),
         (
             "max_msgs_per_subject",
-            have.max_messages_per_subject != want.max_messages_per_subject,
+            limit(have.max_messages_per_subject) != limit(want.max_messages_per_subject),
         ),
         ("allow_rollup_hdrs", have.allow_rollup != want.allow_rollup),
         ("deny_delete", have.deny_delete != want.deny_delete),
@@ -310,6 +310,13 @@ fn differing_settings(have: &Config, want: &Config) -> Vec<&'static str> {
         .filter(|(_, differs)| *differs)
         .map(|(name, _)| name)
         .collect()
+}
+
+/// A JetStream limit, where 0 (what a config leaves unset) and -1 (what the server reports back
+/// for it) both mean "none": without this, every start-up after the first would "update" a
+/// stream to what it already is.
+fn limit(value: i64) -> Option<i64> {
+    (value > 0).then_some(value)
 }
 
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
@@ -404,5 +411,35 @@ pub async fn aggregator_consumer(
             .get_consumer(CONSUMER)
             .await
             .map_err(|e| TopologyError::js(format!("opening consumer {CONSUMER}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use truebit_testkit::NatsServer;
+
+    /// Each stream as the server reports it back after `ensure` is what `ensure` wants: a
+    /// second start-up finds nothing to update.
+    #[tokio::test]
+    async fn the_server_reports_back_exactly_the_settings_ensure_wants() {
+        let server = NatsServer::start();
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let cfg = TopologyConfig::default();
+        ensure(&js, &cfg).await.unwrap();
+        for want in [
+            events_stream_config(&cfg),
+            dlq_stream_config(&cfg),
+            stats_bucket_stream_config(&cfg),
+        ] {
+            let mut stream = js.get_stream(&want.name).await.unwrap();
+            let have = stream.info().await.unwrap().config.clone();
+            assert_eq!(
+                differing_settings(&have, &want),
+                Vec::<&str>::new(),
+                "{}",
+                want.name
+            );
+        }
     }
 }
