@@ -430,7 +430,9 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     Ok(())
 }
 
-/// Merges two tables in key order, noting rows that differ or exist on one side only.
+/// Merges two tables in key order, noting rows that differ or exist on one side only. It holds
+/// one row of each side at a time, so comparing databases of ten million tasks takes no more
+/// memory than comparing two of ten.
 fn diff_table<K, V>(
     a: &redb::ReadTransaction,
     b: &redb::ReadTransaction,
@@ -444,56 +446,67 @@ where
     V: redb::Value + 'static,
     for<'x> K::SelfType<'x>: std::fmt::Debug,
 {
-    // (key as shown, key bytes, value bytes)
-    type Row = (String, Vec<u8>, Vec<u8>);
-    let rows = |txn: &redb::ReadTransaction| -> Result<Vec<Row>, Error> {
-        let table = txn.open_table(def)?;
-        let mut rows = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let key = k.value();
-            let label = format!("{key:?}");
-            if name == "meta" && label == format!("{:?}", meta::STREAM) {
-                continue;
-            }
-            rows.push((
-                label,
-                K::as_bytes(&key).as_ref().to_vec(),
-                V::as_bytes(&v.value()).as_ref().to_vec(),
-            ));
-        }
-        Ok(rows)
-    };
-    let (left, right) = (rows(a)?, rows(b)?);
-    let (mut i, mut j) = (0, 0);
-    while (i < left.len() || j < right.len()) && out.len() < limit {
-        let order = match (left.get(i), right.get(j)) {
-            (Some(l), Some(r)) => K::compare(&l.1, &r.1),
+    let (left_table, right_table) = (a.open_table(def)?, b.open_table(def)?);
+    let (mut left_rows, mut right_rows) = (left_table.iter()?, right_table.iter()?);
+    // The stream identity is not part of the state: a rebuild may not have one.
+    let skip = |key: &[u8]| name == "meta" && key == meta::STREAM.as_bytes();
+    let mut left = next_row(&mut left_rows, skip)?;
+    let mut right = next_row(&mut right_rows, skip)?;
+    let label = |key: &[u8]| format!("{:?}", K::from_bytes(key));
+    while out.len() < limit {
+        let order = match (&left, &right) {
+            (None, None) => break,
+            (Some(l), Some(r)) => K::compare(&l.0, &r.0),
             (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
         };
         match order {
             std::cmp::Ordering::Less => {
-                out.push(format!("{name}: {} only in the first database", left[i].0));
-                i += 1;
+                let (key, _) = left.take().expect("compared above");
+                out.push(format!(
+                    "{name}: {} only in the first database",
+                    label(&key)
+                ));
+                left = next_row(&mut left_rows, skip)?;
             }
             std::cmp::Ordering::Greater => {
+                let (key, _) = right.take().expect("compared above");
                 out.push(format!(
                     "{name}: {} only in the second database",
-                    right[j].0
+                    label(&key)
                 ));
-                j += 1;
+                right = next_row(&mut right_rows, skip)?;
             }
             std::cmp::Ordering::Equal => {
-                if left[i].2 != right[j].2 {
-                    out.push(format!("{name}: {} differs", left[i].0));
+                if let (Some((key, l)), Some((_, r))) = (&left, &right) {
+                    if l != r {
+                        out.push(format!("{name}: {} differs", label(key)));
+                    }
                 }
-                i += 1;
-                j += 1;
+                left = next_row(&mut left_rows, skip)?;
+                right = next_row(&mut right_rows, skip)?;
             }
         }
     }
     Ok(())
+}
+
+/// A row's key and value, as the bytes redb stores.
+type RowBytes = (Vec<u8>, Vec<u8>);
+
+/// The next row, passing over the keys `skip` names.
+fn next_row<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rows: &mut redb::Range<'_, K, V>,
+    skip: impl Fn(&[u8]) -> bool,
+) -> Result<Option<RowBytes>, Error> {
+    for row in rows.by_ref() {
+        let (k, v) = row?;
+        let key = K::as_bytes(&k.value()).as_ref().to_vec();
+        if !skip(&key) {
+            return Ok(Some((key, V::as_bytes(&v.value()).as_ref().to_vec())));
+        }
+    }
+    Ok(None)
 }
 
 fn count_table(

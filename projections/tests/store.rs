@@ -199,6 +199,12 @@ fn differences_name_the_table_and_key() {
         "{d:?}"
     );
     assert!(d.iter().any(|l| l.starts_with("counters: (0, ")), "{d:?}");
+    let reversed = b.differences(&a, 100).unwrap();
+    assert!(
+        reversed.contains(&"nodes: \"node-c\" only in the first database".to_string()),
+        "{reversed:?}"
+    );
+    assert_eq!(reversed.len(), d.len(), "{reversed:?} against {d:?}");
     assert_eq!(a.differences(&b, 2).unwrap().len(), 2);
 }
 
