@@ -237,3 +237,47 @@ fn a_checkpoint_is_the_same_state_and_can_be_opened_alone() {
     fresh.apply(&batch).unwrap();
     assert_eq!(copy.differences(&fresh, 5).unwrap(), Vec::<String>::new());
 }
+
+/// Records rewritten again and again (a task's outcome reported anew, a node's heartbeats)
+/// leave freed pages behind each commit; redb must reuse them, so that the file settles at a
+/// size set by what it holds, not by how often it was rewritten.
+#[test]
+fn rewriting_the_same_records_does_not_grow_the_file() {
+    let (dir, db) = db();
+    let path = dir.path().join("nested/dir/p.redb");
+    let completion = |task: u32, round: u64| Event {
+        node_id: format!("node-{}", task % 50),
+        minute: T0 + round as i64,
+        kind: EventKind::TaskCompleted {
+            task: Digest({
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&task.to_be_bytes());
+                id
+            }),
+            outcome: truebit_streams::Outcome {
+                success: Some(round % 2 == 0),
+                ..Default::default()
+            },
+        },
+    };
+    let mut seq = 0;
+    let mut sizes = Vec::new();
+    for round in 0..60u64 {
+        let batch: Vec<Input> = (0..2000u32)
+            .map(|task| {
+                seq += 1;
+                Input {
+                    seq,
+                    event: Ok(completion(task, round)),
+                }
+            })
+            .collect();
+        db.apply(&batch).unwrap();
+        sizes.push(std::fs::metadata(&path).unwrap().len());
+    }
+    let (settled, last) = (sizes[20], sizes[59]);
+    assert!(
+        last <= settled + settled / 10,
+        "the file grew from {settled} bytes after 20 rewrites to {last} after 60: {sizes:?}"
+    );
+}
