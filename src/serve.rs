@@ -110,7 +110,7 @@ pub async fn serve(
         cursor: applied,
         stop: stop.clone(),
     };
-    let mut receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));
+    let receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));
     let mut committing = tokio::spawn(commit(client.clone(), db.clone(), ready_rx, applied_tx));
 
     let mut ticker = tokio::time::interval_at(
@@ -137,11 +137,11 @@ pub async fn serve(
     let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
 
     let mut stop_rx = stop.clone();
-    let committed = loop {
+    let failed = loop {
         tokio::select! {
             biased;
             _ = stop_rx.changed() => break None,
-            // The committer ends early only when a commit failed.
+            // The committer ends before a stop only when a commit failed.
             result = &mut committing => break Some(result),
             _ = ticker.tick() => publisher.publish().await,
             _ = checkpoints.tick(), if !config.checkpoint_interval.is_zero() => {
@@ -163,26 +163,32 @@ pub async fn serve(
             }
         }
     };
-    // Stopping: the receiver hands over the batch in hand and closes the queue; the committer
-    // commits and acks everything queued, then ends.
-    let received = joined(&mut receiving).await;
-    let committed = match committed {
-        Some(result) => result,
-        None => (&mut committing).await,
+    let outcome = match failed {
+        // Stopping: the receiver hands over the batch in hand and closes the queue; the
+        // committer commits and acks everything queued, then ends.
+        None => {
+            let received = joined(receiving).await;
+            joined(committing).await.and(received)
+        }
+        // Nothing more can be committed, so nothing more is received: what was received and
+        // not committed is redelivered after a restart.
+        Some(result) => {
+            receiving.abort();
+            responder.abort();
+            result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+        }
     };
-    let committed = committed.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
     let _ = responder.await;
     if let Some(running) = checkpointing {
         let _ = running.await;
     }
-    committed?;
-    received?;
+    outcome?;
     tracing::info!(applied = *applied_rx.borrow(), "stopped");
     Ok(())
 }
 
 /// A task's result, with a panic carried on as a panic.
-async fn joined<T>(task: &mut tokio::task::JoinHandle<T>) -> T {
+async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
     task.await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
