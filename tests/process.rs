@@ -6,10 +6,10 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use truebit_projections::Projections;
-use truebit_testkit::{signal, Fleet, NatsServer, SIGKILL, SIGTERM};
+use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGKILL, SIGTERM};
 
 const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
 
@@ -23,16 +23,17 @@ fn command(url: &str, db: &Path) -> Command {
     c
 }
 
-/// Starts `serve` and returns it once it logged that it is serving, with its log lines.
-// The caller owns the child and waits for it; on the panicking path the test dies anyway.
-#[allow(clippy::zombie_processes)]
-fn spawn_serve(url: &str, db: &Path) -> (Child, mpsc::Receiver<String>) {
-    let mut child = command(url, db)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `serve` and returns it once it logged that it is serving, with its log lines. It is
+/// killed when dropped, so that a failed assertion leaves no process behind.
+fn spawn_serve(url: &str, db: &Path) -> (Reaped, mpsc::Receiver<String>) {
+    let mut child = Reaped(
+        command(url, db)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use truebit_testkit::{signal, NatsServer, SIGTERM};
+use truebit_testkit::{signal, NatsServer, Reaped, SIGTERM};
 
 struct Args {
     nodes: u64,
@@ -61,6 +61,8 @@ fn main() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let ok = rt.block_on(run(&server, &args, dir.path()));
+    // exit() skips destructors: the server and the folder go first.
+    drop((server, dir));
     std::process::exit(if ok { 0 } else { 1 });
 }
 
@@ -76,17 +78,19 @@ async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
         .unwrap();
     client.flush().await.unwrap();
 
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
-        .arg("serve")
-        .env("NATS_URL", server.url())
-        .env("DB_PATH", dir.join("load.redb"))
-        .env("PUBLISH_INTERVAL", args.interval_ms.to_string())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut serve = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
+            .arg("serve")
+            .env("NATS_URL", server.url())
+            .env("DB_PATH", dir.join("load.redb"))
+            .env("PUBLISH_INTERVAL", args.interval_ms.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = serve.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {

@@ -19,7 +19,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
-use truebit_testkit::{signal, Fleet, NatsServer, SIGTERM};
+use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGTERM};
 
 /// Events per simulated task, on average (receipt, completion, invoice, heartbeats, repeats).
 const EVENTS_PER_TASK: f64 = 3.2;
@@ -168,16 +168,18 @@ async fn raw_consume(server: &NatsServer, events: u64, policy: AckPolicy) -> f64
 
 /// Runs the release `serve` over the full stream; its catch-up rate (from its own log) and peak RSS.
 fn serve_catch_up(server: &NatsServer, events: u64, db_path: &std::path::Path) -> (f64, u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
-        .arg("serve")
-        .env("NATS_URL", server.url())
-        .env("DB_PATH", db_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
+            .arg("serve")
+            .env("NATS_URL", server.url())
+            .env("DB_PATH", db_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let mut rate = None;
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {

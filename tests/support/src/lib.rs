@@ -12,7 +12,7 @@ mod server;
 
 pub use fleet::{Expected, Fleet, Simulated};
 pub use publish::publish_all;
-pub use server::{signal, NatsServer, SIGINT, SIGKILL, SIGTERM};
+pub use server::{signal, NatsServer, Reaped, SIGINT, SIGKILL, SIGTERM};
 
 use std::path::PathBuf;
 

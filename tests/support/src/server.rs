@@ -150,6 +150,31 @@ fn binary() -> PathBuf {
     on_path.unwrap_or_else(|| "nats-server".into())
 }
 
+/// A child process that is killed and reaped when dropped, so that a test that fails half-way
+/// leaves no `serve` behind it.
+#[derive(Debug)]
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Sends `signal` (e.g. `libc::SIGTERM`) to a child process.
 pub fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours.
