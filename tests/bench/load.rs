@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use truebit_testkit::{signal, NatsServer, Reaped, SIGTERM};
+use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGTERM};
 
 struct Args {
     nodes: u64,
@@ -261,6 +261,9 @@ async fn publish_fleet(client: &async_nats::Client, args: &Args) -> Published {
     let total = Duration::from_secs(args.minutes * 60);
     let task_rate = args.nodes as f64 * args.tasks_per_node_per_minute / 60.0;
     let mut out = Published::default();
+    // The fleet's pseudonyms, `node-<uuid>` as today's monitor makes them.
+    let fleet = Fleet::new(args.nodes, 4242);
+    let node_id = |n: u64| fleet.node_id(n);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut next_node, mut minute) = (0u64, 0u64);
@@ -332,18 +335,6 @@ fn stamp_now() -> String {
         .unwrap()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
-}
-
-fn node_id(n: u64) -> String {
-    let h = hex(&Sha256::digest(format!("load-node-{n}")));
-    format!(
-        "node-{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
 }
 
 fn hex(bytes: &[u8]) -> String {
