@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use truebit_federation::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    keep_large_buffers_out_of_the_heap();
     let cli = Cli::parse();
     // serve reports what it does; one-shot commands speak only when something is wrong.
     let default_level = if matches!(cli.command, cli::Command::Serve(_)) {
@@ -41,6 +42,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// glibc serves allocations above its mmap threshold with mmap and returns them on free, but it
+/// raises that threshold after the first such free, up to 32 MiB. From then on the fold's
+/// multi-megabyte batch buffers come from the heap arenas, between redb's page buffers, and the
+/// arenas keep what they free: `serve` held 231 MiB at its peak for 109 MiB of live heap after
+/// folding a million tasks. A fixed threshold keeps large buffers out of the arenas: 185 MiB.
+fn keep_large_buffers_out_of_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a glibc allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
