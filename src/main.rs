@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 /// raises that threshold after the first such free, up to 32 MiB. From then on the fold's
 /// multi-megabyte batch buffers come from the heap arenas, between redb's page buffers, and the
 /// arenas keep what they free: `serve` held 231 MiB at its peak for 109 MiB of live heap after
-/// folding a million tasks. A fixed threshold keeps large buffers out of the arenas: 185 MiB.
+/// folding a million tasks. A fixed threshold keeps large buffers out of the arenas: 187 MiB.
 fn keep_large_buffers_out_of_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a glibc allocator parameter; called before any thread starts.

@@ -61,6 +61,13 @@ pub struct Rebuilt {
 }
 
 impl Rebuilt {
+    /// Counts a committed batch and reports the progress.
+    fn record(&mut self, applied: Applied, target: u64, progress: &mut impl FnMut(u64, u64)) {
+        self.folded += applied.folded;
+        self.last_seq = applied.last_seq;
+        progress(applied.last_seq, target);
+    }
+
     /// Events folded per second.
     pub fn rate(&self) -> f64 {
         self.folded as f64 / self.seconds.max(1e-9)
@@ -222,10 +229,7 @@ pub async fn rebuild(
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
             if let Some(previous) = committing.take() {
-                let applied = joined(previous).await?;
-                rebuilt.folded += applied.folded;
-                rebuilt.last_seq = applied.last_seq;
-                progress(applied.last_seq, target);
+                rebuilt.record(joined(previous).await?, target, &mut progress);
             }
             let inputs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             let db = db.clone();
@@ -233,10 +237,7 @@ pub async fn rebuild(
         }
     }
     if let Some(last) = committing {
-        let applied = joined(last).await?;
-        rebuilt.folded += applied.folded;
-        rebuilt.last_seq = applied.last_seq;
-        progress(applied.last_seq, target);
+        rebuilt.record(joined(last).await?, target, &mut progress);
     }
     rebuilt.seconds = started.elapsed().as_secs_f64();
     Ok(rebuilt)
@@ -305,8 +306,5 @@ async fn joined<T>(
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, truebit_projections::Error> + Send + 'static,
 ) -> Result<T, Error> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Error::from),
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
+    joined(tokio::task::spawn_blocking(f)).await
 }
