@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use truebit_projections::{rate, Input, Period, Projections};
+use truebit_projections::{rate, Input, Options, Period, Projections};
 use truebit_streams::*;
 
 const T0: Minute = 29_000_000;
@@ -66,6 +66,7 @@ impl Model {
                     ..Default::default()
                 });
                 t.first = t.first.min(m);
+                t.last = t.last.max(m);
                 t.nodes.insert(e.node_id.clone());
                 t.outcome = Some(outcome.clone());
             }
@@ -252,10 +253,13 @@ proptest! {
     fn batching_never_changes_a_record(
         events in proptest::collection::vec(arb_event(), 1..250),
         cuts in proptest::collection::vec(1usize..60, 1..20),
+        run_len in 1u64..8,
     ) {
+        // Short runs, so that records are sealed in the middle of batches and at their edges.
         let dir = tempfile::tempdir().unwrap();
-        let one_by_one = Projections::open(dir.path().join("a.redb")).unwrap();
-        let in_batches = Projections::open(dir.path().join("b.redb")).unwrap();
+        let options = Options { run_len };
+        let one_by_one = Projections::open_with(dir.path().join("a.redb"), options).unwrap();
+        let in_batches = Projections::open_with(dir.path().join("b.redb"), options).unwrap();
         let inputs: Vec<Input> = events.iter().enumerate()
             .map(|(i, e)| Input { seq: i as u64 + 1, event: Ok(e.clone()) }).collect();
         for input in &inputs {
@@ -278,9 +282,11 @@ proptest! {
         events in proptest::collection::vec(arb_event(), 1..250),
         batch in 1usize..40,
         ats in proptest::collection::vec((any::<proptest::sample::Index>(), 0usize..12), 6),
+        run_len in 1u64..8,
     ) {
+        // Short runs, so that later events find their records sealed.
         let dir = tempfile::tempdir().unwrap();
-        let db = Projections::open(dir.path().join("p.redb")).unwrap();
+        let db = Projections::open_with(dir.path().join("p.redb"), Options { run_len }).unwrap();
         let mut model = Model::default();
         let inputs: Vec<Input> = events.iter().enumerate()
             .map(|(i, e)| Input { seq: i as u64 + 1, event: Ok(e.clone()) }).collect();
@@ -298,6 +304,19 @@ proptest! {
                 let got = db.snapshot(at, period).unwrap().to_period_message();
                 prop_assert_eq!(got, model.snapshot(at, period), "at {} over {}", at, period);
             }
+        }
+        // Each record once, found wherever it was sealed.
+        let (tasks, invoices, _) = db.record_counts().unwrap();
+        prop_assert_eq!((tasks as usize, invoices as usize), (model.tasks.len(), model.invoices.len()));
+        for (id, t) in &model.tasks {
+            let view = db.task(id).unwrap().expect("every task of the model is held");
+            prop_assert_eq!(
+                (view.first_seen_at, view.last_seen_at, view.reporting_nodes),
+                (t.first, t.last, t.nodes.len())
+            );
+        }
+        for (id, (first, _, _)) in &model.invoices {
+            prop_assert_eq!(db.invoice(id).unwrap().map(|i| i.first_seen_at), Some(*first));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The projections database as a whole: exactly-once positions, refusals, schema versions.
 
-use truebit_projections::{Error, Input, Period, Projections};
+use truebit_projections::{Error, Input, Options, Period, Projections};
 use truebit_streams::{Digest, Event, EventKind, Heartbeat, Minute, Reason};
 
 const T0: Minute = 29_000_000;
@@ -111,6 +111,65 @@ fn the_position_survives_reopening() {
     let db = Projections::open_existing(&path).unwrap();
     assert_eq!(db.last_seq().unwrap(), 7);
     assert_eq!(db.snapshot(T0, Period::All).unwrap().total_nodes, 1);
+}
+
+/// New tasks wait in creation order and are sealed into runs sorted by hash; what finds them
+/// again lives in memory and must be rebuilt from the file, whatever the run length asked for.
+#[test]
+fn a_reopened_database_finds_its_hot_and_sealed_records_and_keeps_its_run_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = |i: u8| Digest([i; 32]);
+    let event = |node: &str, i: u8| Event {
+        node_id: node.into(),
+        minute: T0,
+        kind: if node == "node-a" {
+            EventKind::TaskReceived {
+                task: task(i),
+                chain_id: None,
+                task_type: None,
+            }
+        } else {
+            EventKind::TaskCompleted {
+                task: task(i),
+                outcome: Default::default(),
+            }
+        },
+    };
+    let inputs: Vec<Input> = (0..8)
+        .map(|i| ("node-a", i))
+        .chain((0..9).map(|i| ("node-b", i)))
+        .enumerate()
+        .map(|(seq, (node, i))| Input {
+            seq: seq as u64 + 1,
+            event: Ok(event(node, i)),
+        })
+        .collect();
+    let short = Options { run_len: 3 };
+    let (first, second) = inputs.split_at(8);
+    let path = dir.path().join("p.redb");
+    // Eight tasks: two runs of three sealed, two hot.
+    Projections::open_with(&path, short)
+        .unwrap()
+        .apply(first)
+        .unwrap();
+    let reopened = Projections::open_with(&path, Options { run_len: 100 }).unwrap();
+    // Each completed by a second node, and one new task.
+    reopened.apply(second).unwrap();
+    assert_eq!(reopened.record_counts().unwrap(), (9, 0, 0));
+    for i in 0..8 {
+        assert_eq!(
+            reopened.task(&task(i)).unwrap().unwrap().reporting_nodes,
+            2,
+            "task {i}"
+        );
+    }
+    assert_eq!(reopened.task(&task(8)).unwrap().unwrap().reporting_nodes, 1);
+    let whole = Projections::open_with(dir.path().join("whole.redb"), short).unwrap();
+    whole.apply(&inputs).unwrap();
+    assert_eq!(
+        reopened.differences(&whole, 5).unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
