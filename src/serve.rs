@@ -347,24 +347,35 @@ async fn commit(
     mut ready: mpsc::Receiver<Ready>,
     applied: watch::Sender<u64>,
 ) -> Result<(), Error> {
-    while let Some(Ready {
-        mut inputs,
-        mut acks,
-    }) = ready.recv().await
-    {
-        while inputs.len() < COMMIT_MAX {
-            let Ok(more) = ready.try_recv() else { break };
-            inputs.extend(more.inputs);
-            acks.extend(more.acks);
+    // One buffer for every commit, handed to the fold and back: a new one of 32,768 inputs per
+    // commit lies above the mmap threshold (see main.rs), so each was mapped and faulted in anew.
+    let mut inputs: Vec<Input> = Vec::with_capacity(COMMIT_MAX);
+    let mut acks = Vec::with_capacity(COMMIT_MAX);
+    while let Some(first) = ready.recv().await {
+        let mut next = Some(first);
+        while let Some(mut batch) = next {
+            inputs.append(&mut batch.inputs);
+            acks.append(&mut batch.acks);
+            next = if inputs.len() < COMMIT_MAX {
+                ready.try_recv().ok()
+            } else {
+                None
+            };
         }
         // Batches are committed in the order they were handed over, so a delivery acked here
         // (a redelivery the receiver skipped, too) was folded by this commit or an earlier one.
         if !inputs.is_empty() {
             let db = db.clone();
-            let done = blocking(move || db.apply(&inputs)).await?;
+            let (done, emptied) = blocking(move || {
+                let done = db.apply(&inputs)?;
+                inputs.clear();
+                Ok((done, inputs))
+            })
+            .await?;
+            inputs = emptied;
             applied.send_replace(done.last_seq);
         }
-        for reply in acks {
+        for reply in acks.drain(..) {
             if let Err(e) = client.publish(reply, Bytes::new()).await {
                 tracing::debug!(error = %e, "ack lost; the message will be redelivered and skipped");
             }
