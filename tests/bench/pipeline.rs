@@ -140,7 +140,7 @@ async fn raw_consume(server: &NatsServer, events: u64, policy: AckPolicy) -> f64
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
     let stream = js.get_stream("TRUEBIT_EVENTS").await.unwrap();
-    let consumer = stream
+    let mut consumer = stream
         .create_consumer(pull::Config {
             ack_policy: policy,
             max_ack_pending: 20_000,
@@ -157,7 +157,20 @@ async fn raw_consume(server: &NatsServer, events: u64, policy: AckPolicy) -> f64
         .unwrap();
     let mut seen = 0u64;
     while seen < events {
-        let m = messages.next().await.unwrap().unwrap();
+        // A stall must not pass for a slow machine: name where it stopped, as the server sees it.
+        let Ok(next) = tokio::time::timeout(Duration::from_secs(60), messages.next()).await else {
+            let info = consumer.info().await.map(|i| {
+                format!(
+                    "delivered up to stream sequence {}, acked up to {}, {} pending, {} awaiting ack",
+                    i.delivered.stream_sequence,
+                    i.ack_floor.stream_sequence,
+                    i.num_pending,
+                    i.num_ack_pending
+                )
+            });
+            panic!("raw consume ({policy:?}) stalled for 60 s after {seen} of {events} messages; the server says: {info:?}");
+        };
+        let m = next.unwrap().unwrap();
         seen += 1;
         if policy == AckPolicy::Explicit || seen.is_multiple_of(1000) || seen == events {
             m.ack().await.unwrap();
