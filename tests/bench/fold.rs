@@ -1,25 +1,28 @@
-//! The fold benchmark: `cargo bench --bench fold [-- --tasks N --commit M]`.
+//! The fold benchmark: `cargo bench --bench fold [-- --tasks N --commit M --run-len R]`.
 //!
 //! The fold alone, with no NATS: the simulated fleet's messages (the same mix as `pipeline`)
 //! are validated ahead of the clock, a quarter of a million tasks at a time, and then folded
 //! into a fresh database in commits of `--commit` events (default 32,768, the largest commit
 //! `serve` makes). It prints the fold rate and the database size after each million events, so
 //! that what a growing database costs the fold shows on its own, apart from the server and the
-//! acks that `pipeline` measures with it.
+//! acks that `pipeline` measures with it. `--run-len` sets the database's run length
+//! (`truebit_projections::Options`), to weigh it against memory.
 
 use std::time::{Duration, Instant};
-use truebit_projections::{Input, Projections};
+use truebit_projections::{Input, Options, Projections};
 use truebit_testkit::Fleet;
 
 struct Args {
     tasks: u64,
     commit: usize,
+    run_len: u64,
 }
 
 fn args() -> Args {
     let mut a = Args {
         tasks: 1_000_000,
         commit: 32_768,
+        run_len: truebit_projections::DEFAULT_RUN_LEN,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -32,6 +35,7 @@ fn args() -> Args {
         match flag.as_str() {
             "--tasks" => a.tasks = value(),
             "--commit" => a.commit = value().max(1) as usize,
+            "--run-len" => a.run_len = value().max(1),
             _ => {}
         }
     }
@@ -43,7 +47,10 @@ fn main() {
     let args = args();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fold.redb");
-    let db = Projections::open(&path).unwrap();
+    let options = Options {
+        run_len: args.run_len,
+    };
+    let db = Projections::open_with(&path, options).unwrap();
     let fleet = Fleet::new(1000, 2026);
     let stored_at = chrono::Utc::now();
 
@@ -51,8 +58,8 @@ fn main() {
     let (mut lap_events, mut lap_time) = (0u64, Duration::ZERO);
     let mut first = 0;
     println!(
-        "fold      {} tasks from {} nodes, commits of {} events",
-        args.tasks, fleet.nodes, args.commit
+        "fold      {} tasks from {} nodes, commits of {} events, runs of {}",
+        args.tasks, fleet.nodes, args.commit, args.run_len
     );
     while first < args.tasks {
         let chunk = Fleet {
