@@ -7,6 +7,10 @@
 //! produced, and an input at or below it is skipped. That is what makes redelivery, crashes and
 //! restarts harmless.
 //!
+//! Tasks and invoices, keyed by random hashes, are stored so that a new one is appended rather
+//! than written into a random page: first in creation order, then sealed in sorted runs of
+//! [`DEFAULT_RUN_LEN`] (see `src/runs.rs`, and [`Options`]).
+//!
 //! ```
 //! use truebit_projections::{Input, Period, Projections};
 //! use truebit_streams::validate;

@@ -70,7 +70,7 @@ impl Locator {
             let (number, bytes) = row?;
             locator
                 .hot
-                .insert(hash_of(kind, bytes.value())?, number.value());
+                .insert(split(kind, bytes.value())?.0, number.value());
         }
         for row in txn.open_table(kind.filters)?.iter()? {
             let (run, bytes) = row?;
@@ -101,7 +101,7 @@ impl Locator {
             };
             return Ok(Some((
                 Place::Hot(number),
-                decode(kind.name, &bytes.value()[32..])?,
+                decode(kind.name, split(kind, bytes.value())?.1)?,
             )));
         }
         let key = Probe::of(hash);
@@ -227,7 +227,7 @@ impl<'t> Records<'t> {
         let mut order = Vec::with_capacity(self.run_len as usize);
         for row in self.hot.range(from..to)? {
             let (number, bytes) = row?;
-            order.push((hash_of(self.kind, bytes.value())?, number.value()));
+            order.push((split(self.kind, bytes.value())?.0, number.value()));
         }
         if order.len() as u64 != self.run_len {
             return Err(corrupt(
@@ -244,7 +244,7 @@ impl<'t> Records<'t> {
             u32::try_from(run).map_err(|_| corrupt(self.kind, "more than 2^32 runs".into()))?;
         for (hash, number) in &order {
             let record = match self.hot.get(number)? {
-                Some(bytes) => bytes.value()[32..].to_vec(),
+                Some(bytes) => split(self.kind, bytes.value())?.1.to_vec(),
                 None => {
                     return Err(corrupt(
                         self.kind,
@@ -263,10 +263,15 @@ impl<'t> Records<'t> {
     }
 }
 
-fn hash_of(kind: Kind, row: &[u8]) -> Result<[u8; 32], Error> {
-    row.get(..32)
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| corrupt(kind, "a hot record is shorter than its hash".into()))
+/// A hot row's hash and record.
+fn split(kind: Kind, row: &[u8]) -> Result<([u8; 32], &[u8]), Error> {
+    match row.split_first_chunk::<32>() {
+        Some((hash, record)) => Ok((*hash, record)),
+        None => Err(corrupt(
+            kind,
+            "a hot record is shorter than its hash".into(),
+        )),
+    }
 }
 
 fn corrupt(kind: Kind, detail: String) -> Error {
