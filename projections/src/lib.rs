@@ -82,13 +82,31 @@ pub struct Projections {
     path: PathBuf,
     run_len: u64,
     /// Held by a fold from its first read to its commit, so that whoever locks it sees the
-    /// locators and the tables at the same commit.
-    locators: Mutex<Locators>,
+    /// locators and the tables at the same commit. Loaded on first use: `stats` and
+    /// `replay --verify` open the database without needing them, and at ten million tasks they
+    /// are a scan of the hot tables and 20 MB of filters.
+    locators: Mutex<Option<Locators>>,
 }
 
 struct Locators {
     tasks: Locator,
     invoices: Locator,
+}
+
+/// The locked locators, once loaded.
+struct Loaded<'a>(MutexGuard<'a, Option<Locators>>);
+
+impl std::ops::Deref for Loaded<'_> {
+    type Target = Locators;
+    fn deref(&self) -> &Locators {
+        self.0.as_ref().expect("loaded before a Loaded is made")
+    }
+}
+
+impl std::ops::DerefMut for Loaded<'_> {
+    fn deref_mut(&mut self) -> &mut Locators {
+        self.0.as_mut().expect("loaded before a Loaded is made")
+    }
 }
 
 /// How a new database is laid out. A database that exists keeps the layout it was created with.
@@ -221,23 +239,25 @@ impl Projections {
             run_len
         };
         txn.commit()?;
-        let read = db.begin_read()?;
-        let locators = Locators {
-            tasks: Locator::load(&read, tables::TASK_RECORDS)?,
-            invoices: Locator::load(&read, tables::INVOICE_RECORDS)?,
-        };
-        drop(read);
         Ok(Projections {
             db,
             path,
             run_len,
-            locators: Mutex::new(locators),
+            locators: Mutex::new(None),
         })
     }
 
-    fn locators(&self) -> MutexGuard<'_, Locators> {
+    fn locators(&self) -> Result<Loaded<'_>, Error> {
         // The locators change only after a commit, in a few steps that cannot panic.
-        self.locators.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut guard = self.locators.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            let read = self.db.begin_read()?;
+            *guard = Some(Locators {
+                tasks: Locator::load(&read, tables::TASK_RECORDS)?,
+                invoices: Locator::load(&read, tables::INVOICE_RECORDS)?,
+            });
+        }
+        Ok(Loaded(guard))
     }
 
     /// Finds one record, from a read transaction begun under the locators' lock.
@@ -247,7 +267,7 @@ impl Projections {
         locator: impl Fn(&Locators) -> &Locator,
         hash: &[u8; 32],
     ) -> Result<Option<R>, Error> {
-        let locators = self.locators();
+        let locators = self.locators()?;
         let txn = self.db.begin_read()?;
         let (hot, runs) = (txn.open_table(kind.hot)?, txn.open_table(kind.runs)?);
         let found = locator(&locators).find(kind, &hot, &runs, hash)?;
@@ -284,7 +304,7 @@ impl Projections {
     /// Folds a batch in one durable write transaction, together with the sequence of its last
     /// input. Inputs at or below the last folded sequence are skipped.
     pub fn apply(&self, batch: &[Input]) -> Result<Applied, Error> {
-        let mut locators = self.locators();
+        let mut locators = self.locators()?;
         let txn = self.db.begin_write()?;
         let (applied, tasks, invoices) = {
             let mut w = Writer::open(&txn, &locators, self.run_len)?;
