@@ -1,12 +1,15 @@
-//! The wire contract of the TrueBit federation: what nodes publish, how each message is judged,
-//! and the JetStream topology that holds it.
+//! The wire contract of the TrueBit federation, in and out: what nodes publish, how each message
+//! is judged, what a rejected message leaves behind, and what the aggregator publishes. Pure: no
+//! I/O here, so that the fold, a replay and a test all read a message the same way.
 //!
 //! - [`validate`] turns one stored message into an [`Event`] or a [`Rejection`] with one of the
 //!   contract's reasons and the JSON path of the first bad field. It reads only the fields the
 //!   contract names: everything else a node sends (today's monitor adds `blockHash`, exact task
 //!   counts, …) is dropped here.
-//! - [`topology`] creates the streams, the durable consumer and the KV bucket, idempotently.
-//! - [`DeadLetter`] is the shape of a rejected message on `truebit.dlq.<reason>`.
+//! - [`DeadLetter`] is a rejected message as it goes to `truebit.dlq.<reason>`, keeping no more
+//!   of the body than privacy allows.
+//! - [`Snapshot`] is the network snapshot as nodes read it, per [`Period`].
+//! - [`subjects`] and [`names`] spell every subject, stream, bucket, key and header.
 //!
 //! ```
 //! use chrono::Utc;
@@ -28,14 +31,15 @@ mod dead_letter;
 mod event;
 mod fast;
 mod labels;
+pub mod names;
+mod redact;
+mod stats;
 pub mod subjects;
-pub mod topology;
 mod validate;
 
-pub use dead_letter::{
-    DeadLetter, HEADER_DETAIL, HEADER_ORIGINAL_SEQ, HEADER_ORIGINAL_SUBJECT, HEADER_PATH,
-    HEADER_REASON,
-};
+pub use dead_letter::{msg_id as dead_letter_msg_id, DeadLetter, KEEP_AS_SENT};
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
+pub use redact::contract_fields;
+pub use stats::{rate, Period, Snapshot, StatsQuery, MAX_DISTINCT};
 pub use validate::{validate, Reason, Rejection, MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};

@@ -1,8 +1,9 @@
 //! Contract §2 against a real nats-server (Debian's 2.9 in CI, or whatever `NATS_SERVER_BIN` is).
 
+use async_nats::jetstream::consumer::AckPolicy;
 use async_nats::jetstream::{self, stream::StorageType};
 use std::time::Duration;
-use truebit_streams::topology::{self, TopologyConfig, TopologyError};
+use truebit_federation::topology::{self, AckMode, TopologyConfig, TopologyError};
 use truebit_testkit::NatsServer;
 
 #[tokio::test]
@@ -107,13 +108,17 @@ async fn the_consumer_is_recreated_when_it_ran_ahead_of_the_database() {
             .unwrap();
     }
     // A consumer that has acked everything, over a database that holds only sequence 2.
-    let consumer = topology::aggregator_consumer(&t.events, 0).await.unwrap();
+    let consumer = topology::aggregator_consumer(&t.events, 0, AckMode::Explicit)
+        .await
+        .unwrap();
     let mut batch = consumer.fetch().max_messages(5).messages().await.unwrap();
     use futures::StreamExt;
     while let Some(m) = batch.next().await {
         m.unwrap().double_ack().await.unwrap();
     }
-    let consumer = topology::aggregator_consumer(&t.events, 2).await.unwrap();
+    let consumer = topology::aggregator_consumer(&t.events, 2, AckMode::Explicit)
+        .await
+        .unwrap();
     let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
     let first = batch.next().await.unwrap().unwrap();
     assert_eq!(
@@ -121,4 +126,37 @@ async fn the_consumer_is_recreated_when_it_ran_ahead_of_the_database() {
         3,
         "delivery resumes after the database's position"
     );
+}
+
+/// An operator who changes ACK_POLICY gets a consumer with the new policy, at the database's
+/// position, not an error and not the old one.
+#[tokio::test]
+async fn a_changed_ack_policy_recreates_the_consumer_where_the_database_is() {
+    let server = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let t = topology::ensure(&js, &TopologyConfig::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        js.publish("truebit.heartbeat", format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut explicit = topology::aggregator_consumer(&t.events, 0, AckMode::Explicit)
+        .await
+        .unwrap();
+    assert_eq!(
+        explicit.info().await.unwrap().config.ack_policy,
+        AckPolicy::Explicit
+    );
+    let mut all = topology::aggregator_consumer(&t.events, 1, AckMode::All)
+        .await
+        .unwrap();
+    assert_eq!(all.info().await.unwrap().config.ack_policy, AckPolicy::All);
+    use futures::StreamExt;
+    let mut batch = all.fetch().max_messages(1).messages().await.unwrap();
+    let first = batch.next().await.unwrap().unwrap();
+    assert_eq!(first.info().unwrap().stream_sequence, 2);
 }

@@ -1,4 +1,5 @@
-//! Contract §2: the JetStream streams, consumer and KV bucket, created idempotently.
+//! Contract §2 on a server: the JetStream streams, consumer, KV bucket and object store, created
+//! idempotently. Their names are the wire contract's ([`truebit_streams::names`]).
 //!
 //! Every config is written out in full here rather than taken from a client default, so that what
 //! the aggregator asks of JetStream is readable in one place and the same on every server version.
@@ -11,27 +12,12 @@ use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, Stor
 use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
-use crate::subjects;
+pub use truebit_streams::names::{
+    CHECKPOINT_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, STATS_BUCKET,
+};
+use truebit_streams::subjects;
 
-pub const EVENTS_STREAM: &str = "TRUEBIT_EVENTS";
-pub const DLQ_STREAM: &str = "TRUEBIT_DLQ";
-pub const CONSUMER: &str = "aggregator";
-pub const STATS_BUCKET: &str = "truebit-stats";
-/// Object store of projection checkpoints: the database at a known stream sequence, so that old
-/// events can expire from `TRUEBIT_EVENTS` without a rebuild losing what they counted.
-pub const CHECKPOINT_BUCKET: &str = "truebit-checkpoints";
-
-/// The object name of the checkpoint at `seq`; names sort as their sequences do.
-pub fn checkpoint_name(seq: u64) -> String {
-    format!("seq-{seq:020}")
-}
-
-/// The sequence a checkpoint object holds, if `name` is one.
-pub fn checkpoint_seq(name: &str) -> Option<u64> {
-    name.strip_prefix("seq-")?.parse().ok()
-}
-
-/// JetStream refuses messages above this size outright; between [`crate::MAX_PAYLOAD`] and this,
+/// JetStream refuses messages above this size outright; between [`truebit_streams::MAX_PAYLOAD`] and this,
 /// they are stored and then dead-lettered as `too_large`, so that the operator sees them.
 pub const MAX_STORED_MESSAGE: i32 = 64 * 1024;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -336,11 +322,40 @@ fn consumer_not_found(e: &jetstream::context::ConsumerInfoError) -> bool {
 /// Names one incarnation of a stream: its name and creation time. A stream deleted and created
 /// again under the same name restarts its sequences at 1, and gets another identity.
 pub fn stream_identity(info: &jetstream::stream::Info) -> String {
-    format!("{}@{}", info.config.name, info.created.to_rfc3339())
+    truebit_streams::names::stream_identity(&info.config.name, info.created)
+}
+
+/// How the live fold acks its durable consumer. Either way an ack goes out only after the commit
+/// that holds the effect of every message it covers (contract §2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// One ack per commit, for its highest sequence, covering every delivery at or below it:
+    /// a thousandth of the acks, for the server to process, at the same guarantee.
+    #[default]
+    All,
+    /// An ack per message.
+    Explicit,
+}
+
+impl AckMode {
+    pub fn parse(s: &str) -> Option<AckMode> {
+        match s {
+            "all" => Some(AckMode::All),
+            "explicit" => Some(AckMode::Explicit),
+            _ => None,
+        }
+    }
+
+    fn policy(self) -> AckPolicy {
+        match self {
+            AckMode::All => AckPolicy::All,
+            AckMode::Explicit => AckPolicy::Explicit,
+        }
+    }
 }
 
 /// The config of the durable consumer `aggregator`, delivering from `start` (a stream sequence).
-pub fn consumer_config(start: u64) -> pull::Config {
+pub fn consumer_config(start: u64, ack: AckMode) -> pull::Config {
     pull::Config {
         durable_name: Some(CONSUMER.to_string()),
         description: Some("the live fold of the TrueBit federation aggregator".into()),
@@ -351,7 +366,7 @@ pub fn consumer_config(start: u64) -> pull::Config {
                 start_sequence: start,
             }
         },
-        ack_policy: AckPolicy::Explicit,
+        ack_policy: ack.policy(),
         ack_wait: Duration::from_secs(30),
         max_deliver: -1,
         max_ack_pending: MAX_ACK_PENDING,
@@ -375,11 +390,12 @@ pub const MAX_ACK_PENDING: i64 = 100_000;
 pub async fn aggregator_consumer(
     events: &Stream,
     applied: u64,
+    ack: AckMode,
 ) -> Result<PullConsumer, TopologyError> {
     let recreate = match events.consumer_info(CONSUMER).await {
         Ok(info) => {
             let floor = info.ack_floor.stream_sequence;
-            let config_ok = info.config.ack_policy == AckPolicy::Explicit
+            let config_ok = info.config.ack_policy == ack.policy()
                 && info.config.max_ack_pending == MAX_ACK_PENDING
                 && info.config.filter_subject.is_empty()
                 && info.config.filter_subjects.is_empty();
@@ -403,7 +419,7 @@ pub async fn aggregator_consumer(
     };
     if recreate {
         events
-            .create_consumer(consumer_config(applied + 1))
+            .create_consumer(consumer_config(applied + 1, ack))
             .await
             .map_err(|e| TopologyError::js(format!("creating consumer {CONSUMER}"), e))
     } else {

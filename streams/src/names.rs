@@ -1,0 +1,60 @@
+//! Every name of contract §1 and §2 besides the subjects: streams, the consumer, buckets, keys and
+//! headers. A node or an operator sees these; nothing else in the project spells them.
+
+use chrono::{DateTime, Utc};
+
+/// The record of everything nodes and operators said.
+pub const EVENTS_STREAM: &str = "TRUEBIT_EVENTS";
+/// Every rejected message, with its reason in the headers.
+pub const DLQ_STREAM: &str = "TRUEBIT_DLQ";
+/// The durable pull consumer of the live fold.
+pub const CONSUMER: &str = "aggregator";
+/// The KV bucket of snapshots for nodes that join late.
+pub const STATS_BUCKET: &str = "truebit-stats";
+/// Object store of projection checkpoints: the database at a known stream sequence, so that old
+/// events can expire from `TRUEBIT_EVENTS` without a rebuild losing what they counted.
+pub const CHECKPOINT_BUCKET: &str = "truebit-checkpoints";
+
+/// The KV key that holds the same JSON as the last message on `truebit.stats.aggregated`.
+pub const LATEST_KEY: &str = "latest";
+
+/// On every published snapshot: the last stream sequence folded into it, so that a reader can
+/// tell how fresh it is.
+pub const HEADER_LAST_SEQ: &str = "Truebit-Last-Seq";
+/// JetStream's deduplication header.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+
+pub const HEADER_DLQ_REASON: &str = "Truebit-Dlq-Reason";
+pub const HEADER_DLQ_PATH: &str = "Truebit-Dlq-Path";
+pub const HEADER_DLQ_DETAIL: &str = "Truebit-Dlq-Detail";
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Truebit-Original-Subject";
+pub const HEADER_ORIGINAL_SEQ: &str = "Truebit-Original-Seq";
+
+/// The object name of the checkpoint at `seq`; names sort as their sequences do.
+pub fn checkpoint_name(seq: u64) -> String {
+    format!("seq-{seq:020}")
+}
+
+/// The sequence a checkpoint object holds, if `name` is one.
+pub fn checkpoint_seq(name: &str) -> Option<u64> {
+    name.strip_prefix("seq-")?.parse().ok()
+}
+
+/// Names one incarnation of a stream: its name and creation time. A stream deleted and created
+/// again under the same name restarts its sequences at 1, and gets another identity.
+pub fn stream_identity(name: &str, created: DateTime<Utc>) -> String {
+    format!("{name}@{}", created.to_rfc3339())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_sort_as_their_sequences_and_read_back() {
+        let (a, b) = (checkpoint_name(9), checkpoint_name(10));
+        assert!(a < b, "{a} sorts before {b}");
+        assert_eq!(checkpoint_seq(&b), Some(10));
+        assert_eq!(checkpoint_seq("latest"), None);
+    }
+}
