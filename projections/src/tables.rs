@@ -1,15 +1,19 @@
-//! Every redb table of the projections, in one place.
+//! Every redb table of the projections, in one place, and the one list of them ([`each`]) that
+//! creating, copying and comparing a database walk.
 //!
 //! Records are stored as postcard bytes and decoded by [`crate::records`], which turns a record it
 //! cannot read into an error rather than a panic. `SCHEMA_VERSION` in [`META`] names the layout;
 //! a database of another version is refused before any of these tables is read.
 
 use crate::runs::Kind;
+use crate::Error;
 use redb::TableDefinition;
+use std::fmt::Debug;
 
 /// The layout these definitions describe. Bump it with any change to a table or a record.
-/// Version 2 moved tasks and invoices into hot tables and sealed runs ([`crate::runs`]).
-pub const SCHEMA_VERSION: u64 = 2;
+/// Version 2 moved tasks and invoices into hot tables and sealed runs ([`crate::runs`]); version
+/// 3 added the dead-letter outbox.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Small named values: `schema_version`, `last_seq`, `nodes`, `publishers`, `stream`,
 /// `run_len`, `tasks_created`, `invoices_created`.
@@ -54,6 +58,48 @@ pub const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejecti
 /// Event type → messages of that type folded.
 pub const EVENTS: TableDefinition<&str, u64> = TableDefinition::new("events");
 
+/// Original stream sequence → a dead letter (postcard) not yet known to be in `TRUEBIT_DLQ`: the
+/// outbox. Written by the commit that folds the refusal, emptied as the service publishes. Not
+/// part of the state: a copy leaves it out and a comparison ignores it, since a rebuild's is
+/// always empty.
+pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+/// What a table holds, which decides whether a copy or a comparison of databases includes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Folded from the stream: a checkpoint carries it and `replay --verify` compares it.
+    State,
+    /// Work in hand for this database's own process, not derived from the stream alone.
+    Outbox,
+}
+
+/// Something done to every table, whatever its key and value types.
+pub trait Visit {
+    fn table<K, V>(&mut self, def: TableDefinition<K, V>, role: Role) -> Result<(), Error>
+    where
+        K: redb::Key + 'static,
+        V: redb::Value + 'static,
+        for<'x> K::SelfType<'x>: Debug;
+}
+
+/// Visits every table defined above, once. A table missing here would be missing from new
+/// databases, checkpoints and verification alike; a test reads this file and fails if one is.
+pub fn each(v: &mut impl Visit) -> Result<(), Error> {
+    v.table(META, Role::State)?;
+    for kind in [TASK_RECORDS, INVOICE_RECORDS] {
+        v.table(kind.hot, Role::State)?;
+        v.table(kind.runs, Role::State)?;
+        v.table(kind.filters, Role::State)?;
+    }
+    v.table(NODES, Role::State)?;
+    v.table(PUBLISHERS, Role::State)?;
+    v.table(COUNTERS, Role::State)?;
+    v.table(REJECTIONS, Role::State)?;
+    v.table(EVENTS, Role::State)?;
+    v.table(OUTBOX, Role::Outbox)?;
+    Ok(())
+}
+
 pub mod meta {
     pub const SCHEMA_VERSION: &str = "schema_version";
     pub const LAST_SEQ: &str = "last_seq";
@@ -63,4 +109,62 @@ pub mod meta {
     pub const RUN_LEN: &str = "run_len";
     pub const TASKS_CREATED: &str = "tasks_created";
     pub const INVOICES_CREATED: &str = "invoices_created";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::TableHandle;
+    use std::collections::BTreeSet;
+
+    struct Names(Vec<(String, Role)>);
+
+    impl Visit for Names {
+        fn table<K, V>(&mut self, def: TableDefinition<K, V>, role: Role) -> Result<(), Error>
+        where
+            K: redb::Key + 'static,
+            V: redb::Value + 'static,
+            for<'x> K::SelfType<'x>: Debug,
+        {
+            self.0.push((def.name().to_string(), role));
+            Ok(())
+        }
+    }
+
+    /// Every table definition in this file, read from its source text: a table added above and
+    /// forgotten in [`each`] fails here.
+    #[test]
+    fn every_table_defined_in_this_file_is_in_the_registry_once() {
+        let source = include_str!("tables.rs");
+        let marker = concat!("TableDefinition::", "new(\"");
+        let defined: BTreeSet<String> = source
+            .match_indices(marker)
+            .map(|(at, _)| {
+                let rest = &source[at + marker.len()..];
+                rest[..rest.find('"').unwrap()].to_string()
+            })
+            .collect();
+        assert!(defined.len() >= 12, "found only {defined:?}");
+        let mut visited = Names(Vec::new());
+        each(&mut visited).unwrap();
+        let names: Vec<&str> = visited.0.iter().map(|(n, _)| n.as_str()).collect();
+        let unique: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            unique.len(),
+            names.len(),
+            "a table visited twice: {names:?}"
+        );
+        assert_eq!(unique, defined);
+        let outside: Vec<&str> = visited
+            .0
+            .iter()
+            .filter(|(_, role)| *role != Role::State)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(
+            outside,
+            ["outbox"],
+            "only the outbox stays out of copies and comparisons"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use truebit_projections::{rate, Input, Options, Period, Projections};
+use truebit_projections::{Input, Options, Projections};
 use truebit_streams::*;
 
 const T0: Minute = 29_000_000;

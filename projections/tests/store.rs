@@ -1,7 +1,7 @@
 //! The projections database as a whole: exactly-once positions, refusals, schema versions.
 
-use truebit_projections::{Error, Input, Options, Period, Projections};
-use truebit_streams::{Digest, Event, EventKind, Heartbeat, Minute, Reason};
+use truebit_projections::{Error, Input, Options, Projections};
+use truebit_streams::{Digest, Event, EventKind, Heartbeat, Minute, Period, Reason};
 
 const T0: Minute = 29_000_000;
 
@@ -48,7 +48,7 @@ fn refusals_advance_the_position_and_are_counted() {
     db.apply(&[
         Input {
             seq: 1,
-            event: Err(Reason::Schema),
+            event: Err(Reason::Schema.into()),
         },
         Input {
             seq: 2,
@@ -56,11 +56,11 @@ fn refusals_advance_the_position_and_are_counted() {
         },
         Input {
             seq: 3,
-            event: Err(Reason::Schema),
+            event: Err(Reason::Schema.into()),
         },
         Input {
             seq: 4,
-            event: Err(Reason::Clock),
+            event: Err(Reason::Clock.into()),
         },
     ])
     .unwrap();
@@ -314,7 +314,7 @@ fn rewriting_the_same_records_does_not_grow_the_file() {
                 id
             }),
             outcome: truebit_streams::Outcome {
-                success: Some(round % 2 == 0),
+                success: Some(round.is_multiple_of(2)),
                 ..Default::default()
             },
         },

@@ -1,0 +1,366 @@
+//! One batch's write transaction: the fold applied to the records it touches.
+
+use crate::counters::{buckets_of, Counters};
+use crate::fold;
+use crate::records::{decode, encode, InvoiceRecord, NodeRecord, TaskRecord};
+use crate::runs::{Changes, Kind, Locator, Place, Records};
+use crate::store::{read_u64, Locators};
+use crate::tables::{self, meta};
+use crate::{Error, Refusal};
+use redb::{ReadableTable, Table};
+use std::collections::HashMap;
+use truebit_streams::{Digest, Event, EventKind, Minute};
+
+fn event_type(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::TaskReceived { .. } => "task_received",
+        EventKind::TaskCompleted { .. } => "task_completed",
+        EventKind::HeartbeatReported(_) => "heartbeat",
+        EventKind::InvoiceCreated(_) => "invoice_created",
+        EventKind::NodeJoined { .. } => "node_joined",
+        EventKind::NodeLeft { .. } => "node_left",
+    }
+}
+
+/// One batch's write transaction, with a write-behind overlay of the records it touches.
+///
+/// Each record a batch touches is read and decoded once, folded in memory event by event in
+/// stream order, and written once, in key order, when the batch is flushed. Its contribution to
+/// the counters moves once too, from what the table held before the batch to what it holds
+/// after: the per-event moves in between would cancel out. This is what keeps a batch's cost
+/// near one B-tree update per distinct record rather than several per event.
+pub(crate) struct Writer<'t, 'l> {
+    meta: Table<'t, &'static str, &'static [u8]>,
+    locators: &'l Locators,
+    tasks: Records<'t>,
+    invoices: Records<'t>,
+    nodes: Table<'t, &'static str, &'static [u8]>,
+    publishers: Table<'t, &'static str, u32>,
+    counters: Table<'t, (u8, i64), &'static [u8]>,
+    rejection_table: Table<'t, &'static str, u64>,
+    outbox: Table<'t, u64, &'static [u8]>,
+    event_table: Table<'t, &'static str, u64>,
+    pub(crate) last_seq: u64,
+    node_count: u64,
+    publisher_count: u64,
+    publisher_ids: HashMap<String, u32>,
+    task_overlay: HashMap<[u8; 32], Touched<TaskRecord, Place>>,
+    invoice_overlay: HashMap<[u8; 32], Touched<InvoiceRecord, Place>>,
+    node_overlay: HashMap<String, Touched<NodeRecord>>,
+    rejections: HashMap<&'static str, u64>,
+    events: HashMap<&'static str, u64>,
+}
+
+/// A record as the table held it before the batch, and as the batch has folded it so far, with
+/// where it is stored when its kind has more than one place ([`runs`]).
+struct Touched<R, P = ()> {
+    before: Option<R>,
+    now: Option<R>,
+    at: P,
+}
+
+impl<R: Clone + PartialEq, P> Touched<R, P> {
+    fn loaded((at, before): (P, Option<R>)) -> Self {
+        Touched {
+            now: before.clone(),
+            before,
+            at,
+        }
+    }
+
+    fn changed(&self) -> bool {
+        self.before != self.now
+    }
+}
+
+/// The overlay entry for `key`, loading the stored record on first touch.
+fn touch<'o, K, R, P, Q>(
+    overlay: &'o mut HashMap<K, Touched<R, P>>,
+    key: &Q,
+    load: impl FnOnce() -> Result<(P, Option<R>), Error>,
+) -> Result<&'o mut Touched<R, P>, Error>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    R: Clone + PartialEq,
+{
+    if !overlay.contains_key(key) {
+        overlay.insert(key.to_owned(), Touched::loaded(load()?));
+    }
+    Ok(overlay.get_mut(key).expect("inserted above"))
+}
+
+/// Reads and decodes one record.
+fn load<K: redb::Key + 'static, R: serde::de::DeserializeOwned>(
+    table: &Table<'_, K, &'static [u8]>,
+    name: &'static str,
+    key: K::SelfType<'_>,
+) -> Result<Option<R>, Error> {
+    match table.get(key)? {
+        Some(bytes) => Ok(Some(decode(name, bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Takes the old record's contribution out of its bucket and puts the new one's in.
+fn shift<R, P>(
+    deltas: &mut HashMap<Minute, Counters>,
+    touched: &Touched<R, P>,
+    minute: fn(&R) -> Option<Minute>,
+    add: fn(&mut Counters, &R, i64),
+) {
+    for (record, sign) in [(&touched.before, -1), (&touched.now, 1)] {
+        if let Some(r) = record {
+            if let Some(m) = minute(r) {
+                add(deltas.entry(m).or_default(), r, sign);
+            }
+        }
+    }
+}
+
+/// The overlay's changed entries in key order: B-tree writes in order touch each page once and
+/// walk the tree like a merge rather than at random.
+fn changed_in_order<K: Ord, R: Clone + PartialEq, P>(
+    overlay: HashMap<K, Touched<R, P>>,
+) -> Vec<(K, Touched<R, P>)> {
+    let mut rows: Vec<_> = overlay.into_iter().filter(|(_, t)| t.changed()).collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
+impl<'t, 'l> Writer<'t, 'l> {
+    pub(crate) fn open(
+        txn: &'t redb::WriteTransaction,
+        locators: &'l Locators,
+        run_len: u64,
+    ) -> Result<Self, Error> {
+        let meta_table = txn.open_table(tables::META)?;
+        let last_seq = read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0);
+        let node_count = read_u64(&meta_table, meta::NODES)?.unwrap_or(0);
+        let publisher_count = read_u64(&meta_table, meta::PUBLISHERS)?.unwrap_or(0);
+        let records = |kind: Kind| -> Result<Records<'t>, Error> {
+            let created = read_u64(&meta_table, kind.created)?.unwrap_or(0);
+            Records::open(txn, kind, run_len, created)
+        };
+        let (tasks, invoices) = (
+            records(tables::TASK_RECORDS)?,
+            records(tables::INVOICE_RECORDS)?,
+        );
+        Ok(Writer {
+            meta: meta_table,
+            locators,
+            tasks,
+            invoices,
+            nodes: txn.open_table(tables::NODES)?,
+            publishers: txn.open_table(tables::PUBLISHERS)?,
+            counters: txn.open_table(tables::COUNTERS)?,
+            rejection_table: txn.open_table(tables::REJECTIONS)?,
+            outbox: txn.open_table(tables::OUTBOX)?,
+            event_table: txn.open_table(tables::EVENTS)?,
+            last_seq,
+            node_count,
+            publisher_count,
+            publisher_ids: HashMap::new(),
+            task_overlay: HashMap::new(),
+            invoice_overlay: HashMap::new(),
+            node_overlay: HashMap::new(),
+            rejections: HashMap::new(),
+            events: HashMap::new(),
+        })
+    }
+
+    /// The small number standing for `node_id` among a record's reporters. Numbers are handed
+    /// out in stream order, so that a replay numbers exactly as the live fold did.
+    fn publisher(&mut self, node_id: &str) -> Result<u32, Error> {
+        if let Some(id) = self.publisher_ids.get(node_id) {
+            return Ok(*id);
+        }
+        let stored = self.publishers.get(node_id)?.map(|id| id.value());
+        let id = match stored {
+            Some(id) => id,
+            None => {
+                let id = u32::try_from(self.publisher_count).map_err(|_| Error::Corrupt {
+                    table: "publishers",
+                    detail: "more than 2^32 distinct nodeIds".into(),
+                })?;
+                self.publisher_count += 1;
+                self.publishers.insert(node_id, id)?;
+                id
+            }
+        };
+        self.publisher_ids.insert(node_id.to_string(), id);
+        Ok(id)
+    }
+
+    fn task(&mut self, id: &Digest) -> Result<&mut Touched<TaskRecord, Place>, Error> {
+        let (records, locator) = (&mut self.tasks, &self.locators.tasks);
+        touch(&mut self.task_overlay, &id.0, || {
+            locate(records, locator, tables::TASK_RECORDS, &id.0)
+        })
+    }
+
+    fn invoice(&mut self, id: &Digest) -> Result<&mut Touched<InvoiceRecord, Place>, Error> {
+        let (records, locator) = (&mut self.invoices, &self.locators.invoices);
+        touch(&mut self.invoice_overlay, &id.0, || {
+            locate(records, locator, tables::INVOICE_RECORDS, &id.0)
+        })
+    }
+
+    fn node(&mut self, node_id: &str) -> Result<&mut Touched<NodeRecord>, Error> {
+        let table = &self.nodes;
+        touch(&mut self.node_overlay, node_id, || {
+            Ok(((), load(table, "nodes", node_id)?))
+        })
+    }
+
+    /// Counts a refused message, and records its dead letter, if it has one, in the outbox.
+    pub(crate) fn refuse(&mut self, seq: u64, refusal: &Refusal) -> Result<(), Error> {
+        *self.rejections.entry(refusal.reason.as_str()).or_default() += 1;
+        if let Some(dead) = &refusal.dead_letter {
+            self.outbox.insert(seq, encode(dead).as_slice())?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn fold(&mut self, event: &Event) -> Result<(), Error> {
+        *self.events.entry(event_type(&event.kind)).or_default() += 1;
+        let minute = event.minute;
+        match &event.kind {
+            EventKind::TaskReceived {
+                task,
+                chain_id,
+                task_type,
+            } => {
+                let reporter = self.publisher(&event.node_id)?;
+                let t = self.task(task)?;
+                t.now = Some(fold::task_received(
+                    t.now.take(),
+                    minute,
+                    reporter,
+                    chain_id,
+                    task_type,
+                ));
+            }
+            EventKind::TaskCompleted { task, outcome } => {
+                let reporter = self.publisher(&event.node_id)?;
+                let t = self.task(task)?;
+                t.now = Some(fold::task_completed(
+                    t.now.take(),
+                    minute,
+                    reporter,
+                    outcome,
+                ));
+            }
+            EventKind::InvoiceCreated(invoice) => {
+                let reporter = self.publisher(&event.node_id)?;
+                let i = self.invoice(&invoice.invoice)?;
+                i.now = Some(fold::invoice_created(
+                    i.now.take(),
+                    minute,
+                    reporter,
+                    invoice,
+                ));
+            }
+            EventKind::HeartbeatReported(hb) => {
+                let n = self.node(&event.node_id)?;
+                n.now = Some(fold::heartbeat_reported(n.now.take(), minute, hb));
+            }
+            EventKind::NodeJoined { status } => {
+                let n = self.node(&event.node_id)?;
+                n.now = Some(fold::node_joined(n.now.take(), minute, status));
+            }
+            EventKind::NodeLeft { status } => {
+                let n = self.node(&event.node_id)?;
+                n.now = fold::node_left(n.now.take(), status);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the overlay, the counters it moved and the batch's position, and hands back what
+    /// the task and invoice locators must learn once the transaction commits.
+    pub(crate) fn flush(mut self) -> Result<(Changes, Changes), Error> {
+        let mut deltas: HashMap<Minute, Counters> = HashMap::new();
+        for (id, t) in changed_in_order(std::mem::take(&mut self.task_overlay)) {
+            shift(&mut deltas, &t, |r| Some(r.first_seen), Counters::task);
+            let record = t.now.as_ref().expect("a task, once created, stays");
+            let new = t.before.is_none();
+            self.tasks.put(&id, t.at, new, encode(record).as_slice())?;
+        }
+        for (id, i) in changed_in_order(std::mem::take(&mut self.invoice_overlay)) {
+            shift(&mut deltas, &i, |r| Some(r.first_seen), Counters::invoice);
+            let record = i.now.as_ref().expect("an invoice, once created, stays");
+            let new = i.before.is_none();
+            self.invoices
+                .put(&id, i.at, new, encode(record).as_slice())?;
+        }
+        for (id, n) in changed_in_order(std::mem::take(&mut self.node_overlay)) {
+            shift(&mut deltas, &n, |r| r.last_seen, Counters::node);
+            let Some(record) = n.now.as_ref() else {
+                continue; // `node_left` of a nodeId that never was a node
+            };
+            if n.before.is_none() {
+                self.node_count += 1;
+            }
+            self.nodes.insert(id.as_str(), encode(record).as_slice())?;
+        }
+
+        let mut rows: HashMap<(u8, i64), Counters> = HashMap::new();
+        for (minute, delta) in deltas {
+            for key in buckets_of(minute) {
+                rows.entry(key).or_default().merge(&delta, 1);
+            }
+        }
+        let mut rows: Vec<_> = rows.into_iter().filter(|(_, d)| !d.is_zero()).collect();
+        rows.sort_unstable_by_key(|(key, _)| *key);
+        for (key, delta) in rows {
+            let mut current: Counters = match self.counters.get(key)? {
+                Some(b) => decode("counters", b.value())?,
+                None => Counters::default(),
+            };
+            current.merge(&delta, 1);
+            if current.is_zero() {
+                self.counters.remove(key)?;
+            } else {
+                self.counters.insert(key, encode(&current).as_slice())?;
+            }
+        }
+        for (table, counts) in [
+            (&mut self.rejection_table, &self.rejections),
+            (&mut self.event_table, &self.events),
+        ] {
+            for (key, n) in counts {
+                let before = table.get(*key)?.map(|v| v.value()).unwrap_or(0);
+                table.insert(*key, before + n)?;
+            }
+        }
+        self.meta
+            .insert(meta::LAST_SEQ, self.last_seq.to_le_bytes().as_slice())?;
+        self.meta
+            .insert(meta::NODES, self.node_count.to_le_bytes().as_slice())?;
+        self.meta.insert(
+            meta::PUBLISHERS,
+            self.publisher_count.to_le_bytes().as_slice(),
+        )?;
+        let tasks = self.tasks.finish(&self.locators.tasks, &mut self.meta)?;
+        let invoices = self
+            .invoices
+            .finish(&self.locators.invoices, &mut self.meta)?;
+        Ok((tasks, invoices))
+    }
+}
+
+/// The stored record with this hash and where it is, or the place of a new one.
+fn locate<R: serde::de::DeserializeOwned>(
+    records: &mut Records<'_>,
+    locator: &Locator,
+    kind: Kind,
+    hash: &[u8; 32],
+) -> Result<(Place, Option<R>), Error> {
+    Ok(
+        match locator.find(kind, &records.hot, &records.runs, hash)? {
+            Some((place, record)) => (place, Some(record)),
+            None => (records.create(), None),
+        },
+    )
+}
