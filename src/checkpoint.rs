@@ -2,14 +2,14 @@
 //! store, so that `TRUEBIT_EVENTS` may expire old events without a rebuild losing what they
 //! counted.
 
-use crate::error::blocking;
 use crate::files::{remove_if_exists, sibling};
 use crate::Error;
 use async_nats::jetstream::object_store::ObjectStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
-use truebit_streams::topology::checkpoint_name;
+use truebit_replay::task::blocking;
+use truebit_streams::names::checkpoint_name;
 
 /// What one checkpoint cost.
 #[derive(Debug, Clone, Copy)]
@@ -36,12 +36,9 @@ pub(crate) async fn write(
     let copy = started.elapsed();
     let bytes = std::fs::metadata(&temp).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
-    let mut file = tokio::fs::File::open(&temp).await.map_err(|e| {
-        Error::Usage(format!(
-            "cannot read the checkpoint copy {}: {e}",
-            temp.display()
-        ))
-    })?;
+    let mut file = tokio::fs::File::open(&temp)
+        .await
+        .map_err(Error::io("reading the checkpoint copy", &temp))?;
     let uploaded = store.put(checkpoint_name(seq).as_str(), &mut file).await;
     remove_if_exists(&temp)?;
     uploaded.map_err(|e| Error::nats("storing a checkpoint", e))?;

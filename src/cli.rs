@@ -1,12 +1,12 @@
 //! The command line of contract §6: each setting a flag with an environment fallback.
 
+use crate::topology::{AckMode, TopologyConfig};
 use crate::{Error, NatsConfig, ServeConfig, StatsConfig};
 use clap::{Args, Parser, Subcommand};
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
-use truebit_projections::Period;
-use truebit_streams::topology::TopologyConfig;
+use truebit_streams::Period;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,14 +67,15 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// Write the rebuilt database here and replace nothing (safe beside a running serve).
+    /// Write the rebuilt database here and replace nothing (safe beside a running serve); with
+    /// --verify, keep the verified rebuild here.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Stop at this stream sequence.
     #[arg(long)]
     pub to_seq: Option<u64>,
     /// Rebuild up to the database's last sequence and compare every record; exit 1 on a difference.
-    #[arg(long, conflicts_with_all = ["output", "to_seq"])]
+    #[arg(long, conflicts_with = "to_seq")]
     pub verify: bool,
     /// Rebuild even when neither the stream nor a checkpoint covers its beginning.
     #[arg(long)]
@@ -95,6 +96,10 @@ pub struct ServeArgs {
     /// How many checkpoints to keep.
     #[arg(long, env = "CHECKPOINTS_KEPT", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub checkpoints_kept: u64,
+    /// How the durable consumer is acked after each commit: `all` (one ack per commit) or
+    /// `explicit` (one per message); both only after the commit.
+    #[arg(long, env = "ACK_POLICY", default_value = "all", value_parser = |s: &str| AckMode::parse(s).ok_or_else(|| format!("{s:?} is not an ack policy; write all or explicit")))]
+    pub ack_policy: AckMode,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -186,6 +191,7 @@ pub async fn run(
                 batch_size: args.batch_size as usize,
                 checkpoint_interval: args.checkpoint_interval,
                 checkpoints_kept: args.checkpoints_kept as usize,
+                ack_mode: args.ack_policy,
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())

@@ -1,7 +1,7 @@
 //! The service's errors, and the one place that decides exit codes.
 
+use crate::topology::TopologyError;
 use std::path::PathBuf;
-use truebit_streams::topology::TopologyError;
 
 /// What went wrong, worded for the operator, with the exit code it earns.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,13 @@ pub enum Error {
     Nats { what: String, detail: String },
     #[error("{0}")]
     Usage(String),
+    #[error("{what} {path} failed: {source}; check the path, its folder's permissions and the free space")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the running serve could not answer: {0}")]
     Remote(String),
     #[error("{0}")]
@@ -43,10 +50,12 @@ impl Error {
             Error::Connect { .. } | Error::Nats { .. } => 3,
             Error::Topology(TopologyError::JetStream { .. }) => 3,
             Error::Topology(_) => 2,
-            Error::Credentials { .. } | Error::Usage(_) => 2,
+            // A local file that cannot be read or written: a path or a permission to fix.
+            Error::Credentials { .. } | Error::Usage(_) | Error::Io { .. } => 2,
             Error::Remote(_) => 3,
             Error::Replay(truebit_replay::Error::Nats { .. }) => 3,
             Error::Replay(truebit_replay::Error::OutputExists { .. }) => 2,
+            Error::Replay(truebit_replay::Error::Io { .. }) => 2,
             Error::Replay(truebit_replay::Error::Gap { .. }) => 1,
             Error::Replay(truebit_replay::Error::Projections(p)) | Error::Projections(p) => {
                 projections_exit_code(p)
@@ -61,6 +70,15 @@ impl Error {
             detail: e.to_string(),
         }
     }
+
+    /// An I/O error on a local file, naming what was being done to which path.
+    pub(crate) fn io(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| Error::Io { what, path, source }
+    }
 }
 
 /// The exit code of a projections error, wherever it surfaced.
@@ -73,15 +91,5 @@ fn projections_exit_code(e: &truebit_projections::Error) -> i32 {
         | P::Open { .. }
         | P::CreateDir { .. } => 2,
         P::Corrupt { .. } | P::Storage(_) => 1,
-    }
-}
-
-/// Runs blocking redb work off the async executor's threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, truebit_projections::Error> + Send + 'static,
-) -> Result<T, Error> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(Error::from),
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }

@@ -15,9 +15,6 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<(), Error> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Usage(format!(
-            "cannot remove {}: {e}; remove it by hand",
-            path.display()
-        ))),
+        Err(e) => Err(Error::io("removing the leftover file", path)(e)),
     }
 }

@@ -1,8 +1,8 @@
 //! `init`: create or update the topology, and say what exists.
 
+use crate::topology::{self, TopologyConfig};
 use crate::{Error, NatsConfig};
 use async_nats::jetstream;
-use truebit_streams::topology::{self, TopologyConfig};
 
 pub async fn init(nats: &NatsConfig, config: &TopologyConfig) -> Result<String, Error> {
     let client = nats.connect("truebit-federation init").await?;

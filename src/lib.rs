@@ -18,8 +18,10 @@
 //! # }
 //! ```
 
+mod backoff;
 mod checkpoint;
 pub mod cli;
+mod dead_letters;
 mod error;
 mod files;
 mod init;
@@ -29,11 +31,13 @@ mod query;
 mod replay;
 mod serve;
 mod stats;
+pub mod topology;
 
 pub use error::Error;
 pub use init::init;
 pub use nats::NatsConfig;
-pub use publish::HEADER_LAST_SEQ;
 pub use replay::{replay, ReplayConfig};
 pub use serve::{serve, ServeConfig};
 pub use stats::{render, stats, StatsConfig};
+pub use topology::AckMode;
+pub use truebit_streams::names::HEADER_LAST_SEQ;

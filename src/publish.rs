@@ -1,16 +1,13 @@
 //! Snapshots out: `truebit.stats.aggregated` and the `truebit-stats` KV bucket.
 
-use crate::error::blocking;
 use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use std::sync::Arc;
 use std::time::Instant;
-use truebit_projections::{Period, Projections, Snapshot};
-use truebit_streams::{subjects, Minute};
-
-/// The header on every published snapshot naming the last stream sequence folded into it, so
-/// that a reader can tell how fresh it is.
-pub const HEADER_LAST_SEQ: &str = "Truebit-Last-Seq";
+use truebit_projections::Projections;
+use truebit_replay::task::blocking;
+use truebit_streams::names::HEADER_LAST_SEQ;
+use truebit_streams::{subjects, Minute, Snapshot};
 
 #[derive(Clone)]
 pub(crate) struct Publisher {
@@ -31,12 +28,12 @@ impl Publisher {
 
     pub async fn snapshots(&self, at: Minute) -> Result<Vec<Snapshot>, crate::Error> {
         let db = self.db.clone();
-        blocking(move || db.snapshots(at)).await
+        Ok(blocking(move || db.snapshots(at)).await?)
     }
 
     async fn snapshots_with_seq(&self, at: Minute) -> Result<(u64, Vec<Snapshot>), crate::Error> {
         let db = self.db.clone();
-        blocking(move || db.snapshots_with_seq(at)).await
+        Ok(blocking(move || db.snapshots_with_seq(at)).await?)
     }
 
     /// Publishes the snapshot of every period at the current minute, stamped with the last
@@ -59,10 +56,10 @@ impl Publisher {
             if let Err(e) = self.kv.put(snapshot.period.kv_key(), body.into()).await {
                 tracing::warn!(error = %e, key = %snapshot.period.kv_key(), "cannot store the snapshot in KV");
             }
-            if snapshot.period == Period::All {
+            if let Some(latest) = snapshot.period.latest_key() {
                 let body =
                     serde_json::to_vec(&snapshot.to_message()).expect("JSON values serialize");
-                if let Err(e) = self.kv.put("latest", body.clone().into()).await {
+                if let Err(e) = self.kv.put(latest, body.clone().into()).await {
                     tracing::warn!(error = %e, "cannot store the snapshot under latest");
                 }
                 if let Err(e) = self
@@ -74,7 +71,7 @@ impl Publisher {
                 }
             }
         }
-        if let Some(all) = snapshots.iter().find(|s| s.period == Period::All) {
+        if let Some(all) = snapshots.iter().find(|s| s.period.latest_key().is_some()) {
             tracing::info!(
                 applied,
                 tasks = all.total_tasks,

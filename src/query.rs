@@ -7,20 +7,10 @@
 use crate::publish::Publisher;
 use crate::Error;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::watch;
-use truebit_projections::Period;
-use truebit_streams::{subjects, Minute};
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Query {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<String>,
-}
+use truebit_streams::{subjects, Minute, Period, StatsQuery};
 
 /// Parses `--at`: RFC 3339, floored to the minute.
 pub(crate) fn parse_at(at: &str) -> Result<Minute, String> {
@@ -68,8 +58,8 @@ pub(crate) async fn answer(
 }
 
 async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, String> {
-    let query: Query = if payload.is_empty() {
-        Query::default()
+    let query: StatsQuery = if payload.is_empty() {
+        StatsQuery::default()
     } else {
         serde_json::from_slice(payload).map_err(|e| {
             format!("the query is not JSON of the form {{\"period\":..,\"at\":..}}: {e}")
@@ -89,7 +79,7 @@ async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, String>
 }
 
 /// Asks a running `serve` for a snapshot.
-pub(crate) async fn ask(client: &async_nats::Client, query: &Query) -> Result<Value, Error> {
+pub(crate) async fn ask(client: &async_nats::Client, query: &StatsQuery) -> Result<Value, Error> {
     let body = serde_json::to_vec(query).expect("a query serializes");
     let reply = tokio::time::timeout(
         Duration::from_secs(10),

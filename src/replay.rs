@@ -1,6 +1,5 @@
 //! `replay`: rebuild the database from the stream, or verify it against a rebuild.
 
-use crate::error::blocking;
 use crate::files::{remove_if_exists, sibling};
 use crate::{Error, NatsConfig};
 use async_nats::jetstream;
@@ -8,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
+use truebit_replay::task::blocking;
 
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -27,7 +27,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let client = config.nats.connect("truebit-federation replay").await?;
     let js = jetstream::new(client);
     if config.verify {
-        return verify(&js, &config.db_path).await;
+        return verify(&js, &config.db_path, config.output.as_deref()).await;
     }
     let options = truebit_replay::Options {
         to_seq: config.to_seq,
@@ -45,13 +45,10 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     remove_if_exists(&temp)?;
     let rebuilt = run(&js, &temp, options).await?;
     ensure_free(&config.db_path).await?;
-    std::fs::rename(&temp, &config.db_path).map_err(|e| {
-        Error::Usage(format!(
-            "cannot replace {} with {}: {e}",
-            config.db_path.display(),
-            temp.display()
-        ))
-    })?;
+    std::fs::rename(&temp, &config.db_path).map_err(Error::io(
+        "moving the rebuild into place over",
+        &config.db_path,
+    ))?;
     Ok(format!(
         "{}replaced {}; serve resumes after sequence {}\n",
         summary(&rebuilt, &config.db_path),
@@ -60,18 +57,31 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     ))
 }
 
-async fn verify(js: &jetstream::Context, db_path: &Path) -> Result<String, Error> {
+/// Rebuilds up to the live database's last sequence and compares the two record by record. The
+/// rebuild is written to `keep` when given (and kept whatever the comparison finds: it is what
+/// the stream says), else beside the database and removed.
+async fn verify(
+    js: &jetstream::Context,
+    db_path: &Path,
+    keep: Option<&Path>,
+) -> Result<String, Error> {
     let path = db_path.to_path_buf();
     let live = blocking(move || Projections::open_existing(path)).await.map_err(|e| match e {
-        Error::Projections(truebit_projections::Error::Locked { path }) => Error::Usage(format!(
+        truebit_projections::Error::Locked { path } => Error::Usage(format!(
             "{} is held by a running serve; stop it to verify, or rebuild beside it with --output and compare with stats",
             path.display()
         )),
-        other => other,
+        other => other.into(),
     })?;
     let live_seq = live.last_seq()?;
-    let temp = sibling(db_path, "verify");
-    remove_if_exists(&temp)?;
+    let target = match keep {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let temp = sibling(db_path, "verify");
+            remove_if_exists(&temp)?;
+            temp
+        }
+    };
     // From the stream alone while it is whole, so that the whole record is checked; from a
     // checkpoint only when old events have expired.
     let options = truebit_replay::Options {
@@ -79,40 +89,51 @@ async fn verify(js: &jetstream::Context, db_path: &Path) -> Result<String, Error
         prefer_checkpoint: false,
         allow_gap: false,
     };
-    let rebuilt = run(js, &temp, options).await;
-    let outcome = match rebuilt {
-        Ok(rebuilt) => {
-            let temp_path = temp.clone();
-            let differences = blocking(move || {
-                let other = Projections::open_existing(temp_path)?;
-                live.differences(&other, SHOWN_DIFFERENCES)
-            })
-            .await;
-            differences.map(|d| (rebuilt, d))
-        }
-        Err(e) => Err(e),
-    };
-    remove_if_exists(&temp)?;
+    let outcome = compare(js, live, &target, options).await;
+    if keep.is_none() {
+        remove_if_exists(&target)?;
+    }
     let (rebuilt, differences) = outcome?;
+    let kept = match keep {
+        Some(path) => format!("; the rebuild is kept at {}", path.display()),
+        None => String::new(),
+    };
     if rebuilt.last_seq < live_seq {
         return Err(Error::CheckFailed(format!(
-            "the stream ends at sequence {} but {} has folded up to {live_seq}: the stream was recreated or purged; the database does not belong to it",
+            "the stream ends at sequence {} but {} has folded up to {live_seq}: the stream was recreated or purged; the database does not belong to it{kept}",
             rebuilt.last_seq,
             db_path.display()
         )));
     }
     if differences.is_empty() {
         return Ok(format!(
-            "verified: a rebuild up to sequence {live_seq} matches {} record for record\n",
+            "verified: a rebuild up to sequence {live_seq} matches {} record for record{kept}\n",
             db_path.display()
         ));
     }
     Err(Error::CheckFailed(format!(
-        "{} differs from a rebuild up to sequence {live_seq} (first {} differences; first database is the live one):\n  {}",
+        "{} differs from a rebuild up to sequence {live_seq} (first {} differences; first database is the live one){kept}:\n  {}",
         db_path.display(),
         differences.len(),
         differences.join("\n  ")
     )))
+}
+
+/// Rebuilds into `target` and lists how `live` differs from it.
+async fn compare(
+    js: &jetstream::Context,
+    live: Projections,
+    target: &Path,
+    options: truebit_replay::Options,
+) -> Result<(truebit_replay::Rebuilt, Vec<String>), Error> {
+    let rebuilt = run(js, target, options).await?;
+    let target = target.to_path_buf();
+    let differences = blocking(move || {
+        let other = Projections::open_existing(target)?;
+        live.differences(&other, SHOWN_DIFFERENCES)
+    })
+    .await?;
+    Ok((rebuilt, differences))
 }
 
 /// Rebuilds with progress: a bar on a terminal, a line every 5 s otherwise.
@@ -184,11 +205,11 @@ async fn ensure_free(db_path: &Path) -> Result<(), Error> {
     }
     let path = db_path.to_path_buf();
     match blocking(move || Projections::open_existing(path).map(drop)).await {
-        Ok(()) | Err(Error::Projections(truebit_projections::Error::SchemaVersion { .. })) => Ok(()),
-        Err(Error::Projections(truebit_projections::Error::Locked { path })) => Err(Error::Usage(format!(
+        Ok(()) | Err(truebit_projections::Error::SchemaVersion { .. }) => Ok(()),
+        Err(truebit_projections::Error::Locked { path }) => Err(Error::Usage(format!(
             "{} is held by a running serve; stop it before replacing its database, or rebuild beside it with --output",
             path.display()
         ))),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }

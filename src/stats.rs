@@ -1,13 +1,13 @@
 //! `stats`: a snapshot from the database file, or from the running `serve` that holds it.
 
-use crate::error::blocking;
-use crate::query::{self, Query};
+use crate::query;
 use crate::{Error, NatsConfig};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use truebit_projections::{Period, Projections};
-use truebit_streams::Minute;
+use truebit_projections::Projections;
+use truebit_replay::task::blocking;
+use truebit_streams::{Minute, Period, StatsQuery};
 
 #[derive(Debug, Clone)]
 pub struct StatsConfig {
@@ -29,16 +29,16 @@ pub async fn stats(config: &StatsConfig) -> Result<Value, Error> {
             let snapshot = blocking(move || db.snapshot(at, period)).await?;
             Ok(snapshot.to_period_message())
         }
-        Err(Error::Projections(truebit_projections::Error::Locked { .. })) => {
+        Err(truebit_projections::Error::Locked { .. }) => {
             tracing::debug!("the database is held; asking the running serve");
             let client = config.nats.connect("truebit-federation stats").await?;
-            let query = Query {
+            let query = StatsQuery {
                 period: Some(config.period.as_str().to_string()),
                 at: Some(rfc3339(at)),
             };
             query::ask(&client, &query).await
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

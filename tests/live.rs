@@ -6,8 +6,9 @@ mod common;
 use async_nats::jetstream;
 use common::{hash, msg, Served};
 use serde_json::json;
-use truebit_projections::{Period, Projections};
+use truebit_projections::Projections;
 use truebit_streams::Digest;
+use truebit_streams::Period;
 
 const A: &str = "node-6f1c0e0a-3b7d-4c1e-9a55-2f0b8d1e4c3a";
 const B: &str = "node-76fdd2ee-8dc8-43dc-862c-1b056120b215";
@@ -526,7 +527,10 @@ async fn messages_redelivered_by_a_lagging_consumer_are_folded_once() {
     let stream = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
     stream.delete_consumer("aggregator").await.unwrap();
     stream
-        .create_consumer(truebit_streams::topology::consumer_config(1))
+        .create_consumer(truebit_federation::topology::consumer_config(
+            1,
+            truebit_federation::AckMode::default(),
+        ))
         .await
         .unwrap();
     served.serve();

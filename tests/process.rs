@@ -26,8 +26,13 @@ fn command(url: &str, db: &Path) -> Command {
 /// Starts `serve` and returns it once it logged that it is serving, with its log lines. It is
 /// killed when dropped, so that a failed assertion leaves no process behind.
 fn spawn_serve(url: &str, db: &Path) -> (Reaped, mpsc::Receiver<String>) {
+    spawn_serve_with(command(url, db))
+}
+
+/// [`spawn_serve`] with a command of the caller's.
+fn spawn_serve_with(mut command: Command) -> (Reaped, mpsc::Receiver<String>) {
     let mut child = Reaped(
-        command(url, db)
+        command
             .arg("serve")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -236,7 +241,7 @@ fn a_stream_jetstream_cannot_convert_fails_init_naming_the_setting() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-        let mut cfg = truebit_streams::topology::dlq_stream_config(&Default::default());
+        let mut cfg = truebit_federation::topology::dlq_stream_config(&Default::default());
         cfg.storage = jetstream::stream::StorageType::Memory;
         js.create_stream(cfg).await.unwrap();
     });
@@ -275,4 +280,167 @@ async fn serve_refuses_a_database_from_another_incarnation_of_the_stream() {
         err.contains("was folded from stream TRUEBIT_EVENTS@") && err.contains("replay"),
         "{err}"
     );
+}
+
+/// Contract §4: a `schema` or `clock` dead letter keeps only the fields §3 names. Today's
+/// monitor's raw block data and exact counts, and anything else a node adds, never reach a dead
+/// letter (body or header) nor a line of serve's log, even at debug level. A `malformed` body is
+/// kept as sent (its first KiB): that canary must show up, or this test could not see one.
+#[tokio::test]
+async fn no_field_the_contract_does_not_name_reaches_a_dead_letter_or_the_log() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("aggregator.redb");
+    let mut cmd = command(&server.url(), &db);
+    cmd.env("RUST_LOG", "debug");
+    let (serve, log) = spawn_serve_with(cmd);
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+
+    let now = chrono::Utc::now();
+    let ts = now.to_rfc3339();
+    let future = (now + chrono::Duration::hours(1)).to_rfc3339();
+    let mut canaries = Vec::new();
+    let mut canary = |at: &str| {
+        let c = format!("CANARY{}x{at}", canaries.len() + 1000);
+        canaries.push(c.clone());
+        c
+    };
+    // Unnamed fields at every level, the shapes today's monitor sends, and nested ones.
+    let mut extras = |v: &mut serde_json::Value| {
+        v["blockHash"] = canary("top").into();
+        v["extra"] = serde_json::json!({"inner": canary("nested"), "list": [canary("list")]});
+        let data = v["data"].as_object_mut().unwrap();
+        data.insert("blockHash".into(), canary("blockhash").into());
+        data.insert("taskHash".into(), canary("taskhash").into());
+        data.insert("blockNumber".into(), canary("blocknumber").into());
+        data.insert("activeTasks".into(), canary("active").into());
+        data.insert("totalTasks".into(), canary("total").into());
+        data.insert("totalInvoices".into(), canary("invoices").into());
+        data.insert("ip".into(), serde_json::json!({"addr": canary("ip")}));
+    };
+    let node = "node-6f1c0e0a-3b7d-4c1e-9a55-2f0b8d1e4c3a";
+    let env = |ty: &str, ts: &str, node: &str, data: serde_json::Value| serde_json::json!({"version": "1.0", "type": ty, "timestamp": ts, "nodeId": node, "data": data});
+    let mut refused = vec![
+        // schema: a hash that is not one
+        (
+            "truebit.tasks.received",
+            env(
+                "task_received",
+                &ts,
+                node,
+                serde_json::json!({"taskIdHash": "0xabc", "chainId": "1"}),
+            ),
+        ),
+        // schema: a nodeId with a space
+        (
+            "truebit.heartbeat",
+            env(
+                "heartbeat",
+                &ts,
+                "bad node",
+                serde_json::json!({"status": "online", "totalTasksBucket": ">1K"}),
+            ),
+        ),
+        // schema: a bucket label not in the contract
+        (
+            "truebit.tasks.completed",
+            env(
+                "task_completed",
+                &ts,
+                node,
+                serde_json::json!({"taskIdHash": common::hash(1), "success": true, "executionTimeBucket": "2h"}),
+            ),
+        ),
+        // schema: the type of another subject
+        (
+            "truebit.invoices.created",
+            env(
+                "heartbeat",
+                &ts,
+                node,
+                serde_json::json!({"invoiceIdHash": common::hash(2)}),
+            ),
+        ),
+        // clock: an hour ahead of the stored time
+        (
+            "truebit.heartbeat",
+            env(
+                "heartbeat",
+                &future,
+                node,
+                serde_json::json!({"status": "online"}),
+            ),
+        ),
+    ];
+    for (_, body) in &mut refused {
+        extras(body);
+    }
+    let visible = canary("malformed");
+    let mut messages: Vec<(String, Vec<u8>)> = refused
+        .iter()
+        .map(|(s, b)| common::msg(s, b.clone()))
+        .collect();
+    messages.push((
+        "truebit.heartbeat".into(),
+        format!(r#"{{"nodeId":"{visible}","#).into_bytes(),
+    ));
+    let last = common::publish(&js, &messages).await;
+    common::wait_folded(&client, last).await;
+
+    // Every refusal has its dead letter in TRUEBIT_DLQ, through the outbox.
+    let mut dlq = js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while dlq.info().await.unwrap().state.messages < messages.len() as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters missing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    signal(&serve, SIGTERM);
+    let mut serve = serve;
+    assert!(serve.wait().unwrap().success());
+    let lines: Vec<String> = log.try_iter().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("refused")),
+        "debug logging is on and names refusals: {lines:?}"
+    );
+
+    let mut seen_malformed = false;
+    for seq in 1..=messages.len() as u64 {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        let mut text = String::from_utf8_lossy(&m.payload).into_owned();
+        for (name, values) in m.headers.iter() {
+            text.push_str(&format!("\n{name}: {values:?}"));
+        }
+        let reason = m.headers.get("Truebit-Dlq-Reason").unwrap().as_str();
+        if reason == "malformed" {
+            assert!(
+                text.contains(&visible),
+                "a malformed body is kept as sent: {text}"
+            );
+            seen_malformed = true;
+            continue;
+        }
+        assert!(["schema", "clock"].contains(&reason), "{reason}");
+        for c in &canaries {
+            assert!(
+                !text.contains(c.as_str()),
+                "{c} reached a {reason} dead letter: {text}"
+            );
+        }
+        // What the contract names is kept, for the operator.
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert!(
+            body["type"].is_string() && body["data"].is_object(),
+            "{body}"
+        );
+    }
+    assert!(seen_malformed);
+    for line in &lines {
+        for c in &canaries {
+            assert!(!line.contains(c.as_str()), "{c} reached the log: {line}");
+        }
+    }
 }

@@ -7,7 +7,8 @@ use common::Served;
 use redb::ReadableTable;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use truebit_projections::{Period, Projections};
+use truebit_projections::Projections;
+use truebit_streams::Period;
 use truebit_testkit::Fleet;
 
 const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
@@ -104,6 +105,28 @@ async fn verify_passes_after_a_live_run_and_catches_an_altered_record() {
         "{}",
         ok
     );
+    // One pass over the stream both checks and keeps a rebuild (contract §6).
+    let kept = served.dir.path().join("kept.redb");
+    let kept_arg = kept.to_str().unwrap();
+    let ok = run_ok(
+        &url,
+        &served.db_path,
+        &["replay", "--verify", "--output", kept_arg],
+    );
+    assert!(ok.contains("verified") && ok.contains("kept at"), "{ok}");
+    {
+        let live = Projections::open_existing(&served.db_path).unwrap();
+        let rebuilt = Projections::open_existing(&kept).unwrap();
+        assert_eq!(rebuilt.last_seq().unwrap(), last);
+        assert_eq!(live.differences(&rebuilt, 5).unwrap(), Vec::<String>::new());
+    }
+    let again = run(
+        &url,
+        &served.db_path,
+        &["replay", "--verify", "--output", kept_arg],
+    );
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
 
     // Alter one counter behind the aggregator's back.
     {
@@ -123,6 +146,18 @@ async fn verify_passes_after_a_live_run_and_catches_an_altered_record() {
         text(&bad).contains("events: \"heartbeat\" differs"),
         "{}",
         text(&bad)
+    );
+    // A failed check keeps its rebuild too: it is what the stream says, ready to swap in.
+    let kept = served.dir.path().join("kept-after-difference.redb");
+    let bad = run(
+        &url,
+        &served.db_path,
+        &["replay", "--verify", "--output", kept.to_str().unwrap()],
+    );
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert_eq!(
+        Projections::open_existing(&kept).unwrap().last_seq().unwrap(),
+        last
     );
 }
 
@@ -292,7 +327,7 @@ async fn after_early_events_expire_a_rebuild_starts_from_a_checkpoint_and_matche
     // Without checkpoints nothing covers the gap: refused, naming it, unless --allow-gap.
     for seq in truebit_replay::checkpoints(&store).await.unwrap() {
         store
-            .delete(truebit_streams::topology::checkpoint_name(seq))
+            .delete(truebit_streams::names::checkpoint_name(seq))
             .await
             .unwrap();
     }

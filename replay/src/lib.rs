@@ -25,10 +25,12 @@ use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use truebit_projections::Refusal;
 use truebit_projections::{Applied, Input, Projections};
-use truebit_streams::topology::{
-    checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET, EVENTS_STREAM,
-};
+use truebit_streams::names::{checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET, EVENTS_STREAM};
+
+pub mod task;
+use task::{blocking, joined};
 
 /// Messages folded per database transaction during a rebuild: large, because a commit's cost
 /// grows with the pages it touches far more slowly than with the events it holds.
@@ -82,6 +84,13 @@ pub enum Error {
     Nats { what: &'static str, detail: String },
     #[error("sequences {from}..={to} are no longer in {EVENTS_STREAM} (expired or deleted) and no checkpoint covers them, so a rebuild would miss what they counted; restore them, or pass --allow-gap to rebuild without them")]
     Gap { from: u64, to: u64 },
+    #[error("{what} {path} failed: {source}; check that folder's permissions and free space")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Projections(#[from] truebit_projections::Error),
 }
@@ -144,7 +153,7 @@ pub async fn rebuild(
     } else {
         state.first_sequence
     };
-    let identity = truebit_streams::topology::stream_identity(&info);
+    let identity = truebit_streams::names::stream_identity(&info.config.name, info.created);
 
     let base = if options.prefer_checkpoint || first > 1 {
         choose_checkpoint(js, output, first, target, &identity).await?
@@ -220,8 +229,9 @@ pub async fn rebuild(
         // The target itself may have been deleted: the first message past it ends the rebuild.
         done = info.stream_sequence >= target;
         if info.stream_sequence <= target {
+            // A replay counts refusals; it never publishes their dead letters.
             let event = truebit_streams::validate(&msg.subject, &msg.payload, info.published)
-                .map_err(|r| r.reason);
+                .map_err(Refusal::from);
             batch.push(Input {
                 seq: info.stream_sequence,
                 event,
@@ -268,10 +278,19 @@ async fn choose_checkpoint(
             .map_err(|e| nats("reading a checkpoint", e))?;
         let mut file = tokio::fs::File::create(output)
             .await
-            .map_err(|e| nats("writing the checkpoint to disk", e))?;
+            .map_err(|source| Error::Io {
+                what: "creating the file for a checkpoint",
+                path: output.to_path_buf(),
+                source,
+            })?;
+        // The copy fails on either side: the object store's reader or the local file.
         tokio::io::copy(&mut object, &mut file)
             .await
-            .map_err(|e| nats("reading a checkpoint", e))?;
+            .map_err(|source| Error::Io {
+                what: "downloading a checkpoint into",
+                path: output.to_path_buf(),
+                source,
+            })?;
         drop(file);
         let path = output.to_path_buf();
         let (held, belongs) = blocking(move || {
@@ -292,19 +311,4 @@ async fn choose_checkpoint(
         let _ = std::fs::remove_file(output);
     }
     Ok(None)
-}
-
-async fn joined<T>(
-    task: tokio::task::JoinHandle<Result<T, truebit_projections::Error>>,
-) -> Result<T, Error> {
-    match task.await {
-        Ok(r) => r.map_err(Error::from),
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, truebit_projections::Error> + Send + 'static,
-) -> Result<T, Error> {
-    joined(tokio::task::spawn_blocking(f)).await
 }

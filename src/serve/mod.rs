@@ -1,20 +1,28 @@
 //! `serve`: catch up, fold live, publish snapshots, answer `stats` queries.
+//!
+//! The fold is a two-stage pipeline: [`receive`] pulls, orders ([`order`]) and validates the
+//! next batches while [`commit`] folds and commits the previous ones and acks them. Dead letters
+//! leave through the outbox ([`crate::dead_letters`]).
 
-use crate::error::blocking;
+mod catch_up;
+mod commit;
+mod order;
+mod receive;
+
 use crate::publish::Publisher;
+use crate::topology::{self, AckMode, TopologyConfig};
 use crate::{query, Error, NatsConfig};
-use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use async_nats::jetstream;
+use catch_up::CatchUp;
+use order::Order;
+use receive::Receiver;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use truebit_projections::{Input, Projections};
-use truebit_streams::topology::{self, TopologyConfig};
-use truebit_streams::{validate, DeadLetter};
+use truebit_projections::Projections;
+use truebit_replay::task::{blocking, joined};
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
@@ -29,6 +37,8 @@ pub struct ServeConfig {
     pub checkpoint_interval: Duration,
     /// How many checkpoints are kept.
     pub checkpoints_kept: usize,
+    /// How the durable consumer is acked after each commit.
+    pub ack_mode: AckMode,
 }
 
 impl ServeConfig {
@@ -41,14 +51,13 @@ impl ServeConfig {
             batch_size: 2000,
             checkpoint_interval: Duration::from_secs(3600),
             checkpoints_kept: 3,
+            ack_mode: AckMode::default(),
         }
     }
 }
 
-/// How long a batch waits to fill before it is folded as it is.
-const BATCH_LINGER: Duration = Duration::from_millis(20);
-/// How often catch-up reports its progress.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Validated batches that may wait for the committer; a full queue holds the receiver back.
+const QUEUED_BATCHES: usize = 16;
 
 /// Runs the aggregator until `shutdown` completes, then finishes the batch in hand, commits it
 /// and returns.
@@ -88,7 +97,8 @@ pub async fn serve(
             info.state.first_sequence - 1
         )));
     }
-    let consumer = topology::aggregator_consumer(&topology.events, applied).await?;
+    let consumer =
+        topology::aggregator_consumer(&topology.events, applied, config.ack_mode).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 
     let publisher = Publisher::new(client.clone(), topology.stats.clone(), db.clone());
@@ -105,13 +115,23 @@ pub async fn serve(
     let (applied_tx, mut applied_rx) = watch::channel(applied);
     let (ready_tx, ready_rx) = mpsc::channel(QUEUED_BATCHES);
     let receiver = Receiver {
-        js,
         events: topology.events.clone(),
-        cursor: applied,
+        order: Order::new(applied),
         stop: stop.clone(),
     };
     let receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));
-    let mut committing = tokio::spawn(commit(client.clone(), db.clone(), ready_rx, applied_tx));
+    let mut committing = tokio::spawn(commit::commit(
+        client.clone(),
+        db.clone(),
+        config.ack_mode,
+        ready_rx,
+        applied_tx,
+    ));
+    let dead_letters = tokio::spawn(crate::dead_letters::publish(
+        js.clone(),
+        db.clone(),
+        applied_rx.clone(),
+    ));
 
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + config.publish_interval,
@@ -175,22 +195,18 @@ pub async fn serve(
         Some(result) => {
             receiving.abort();
             responder.abort();
+            dead_letters.abort();
             result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         }
     };
     let _ = responder.await;
+    let _ = dead_letters.await;
     if let Some(running) = checkpointing {
         let _ = running.await;
     }
     outcome?;
     tracing::info!(applied = *applied_rx.borrow(), "stopped");
     Ok(())
-}
-
-/// A task's result, with a panic carried on as a panic.
-async fn joined<T>(task: tokio::task::JoinHandle<T>) -> T {
-    task.await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
 /// Refuses a database folded from another incarnation of the stream, or ahead of it: folding on
@@ -218,354 +234,7 @@ async fn check_belongs(
         Some(_) => Ok(()),
         None => {
             let (db, identity) = (db.clone(), identity.to_string());
-            blocking(move || db.set_stream_identity(&identity)).await
+            Ok(blocking(move || db.set_stream_identity(&identity)).await?)
         }
-    }
-}
-
-type Delivery = Result<
-    jetstream::Message,
-    async_nats::error::Error<jetstream::consumer::pull::MessagesErrorKind>,
->;
-type Batches = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Vec<Delivery>> + Send>>;
-
-async fn open_messages(consumer: &PullConsumer, batch: usize) -> Result<Batches, Error> {
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| Error::nats("pulling from consumer aggregator", e))?;
-    // The adapter owns the batch being filled, so a select! that drops `next()` loses nothing.
-    Ok(Box::pin(messages.chunks_timeout(batch, BATCH_LINGER)))
-}
-
-async fn reopen(
-    consumer: &PullConsumer,
-    batch: usize,
-    stop: &watch::Receiver<bool>,
-) -> Result<Batches, Error> {
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match open_messages(consumer, batch).await {
-            Ok(m) => return Ok(m),
-            Err(e) if !*stop.borrow() => {
-                tracing::warn!(error = %e, "cannot reopen the consumer yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Start-up catch-up: folding up to the stream's last sequence at start.
-struct CatchUp {
-    target: u64,
-    from: u64,
-    started: Instant,
-    last_report: Instant,
-    done: bool,
-}
-
-impl CatchUp {
-    fn new(applied: u64, target: u64) -> Self {
-        let done = applied >= target;
-        if done {
-            tracing::info!(applied, "caught up");
-        }
-        CatchUp {
-            target,
-            from: applied,
-            started: Instant::now(),
-            last_report: Instant::now(),
-            done,
-        }
-    }
-
-    /// Notes progress; true exactly once, when catch-up completes.
-    fn progress(&mut self, applied: u64) -> bool {
-        if self.done {
-            return false;
-        }
-        let rate = (applied - self.from) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        if applied >= self.target {
-            self.done = true;
-            tracing::info!(
-                applied,
-                folded = applied - self.from,
-                seconds = self.started.elapsed().as_secs_f64(),
-                rate = rate as u64,
-                "caught up"
-            );
-            return true;
-        }
-        if self.last_report.elapsed() >= PROGRESS_EVERY {
-            self.last_report = Instant::now();
-            let eta = (self.target - applied) as f64 / rate.max(1.0);
-            tracing::info!(
-                applied,
-                target = self.target,
-                rate = rate as u64,
-                eta_seconds = eta as u64,
-                "catching up"
-            );
-        }
-        false
-    }
-}
-
-/// A message taken from the stream, by whichever way it came.
-struct Stored {
-    seq: u64,
-    subject: String,
-    payload: Bytes,
-    time: DateTime<Utc>,
-}
-
-/// Validated batches that may wait for the committer; a full queue holds the receiver back.
-const QUEUED_BATCHES: usize = 16;
-/// The most messages one commit folds, when that many have queued up.
-const COMMIT_MAX: usize = 32_768;
-
-/// A batch ready to commit: its dead letters are stored, and its deliveries are acked once the
-/// commit that holds its inputs is durable.
-struct Ready {
-    inputs: Vec<Input>,
-    /// The reply subject of each delivery. An ack is an empty message to it (what
-    /// `jetstream::Message::ack` sends); keeping only these, copied out of the read buffers,
-    /// lets the payloads go as soon as they are validated.
-    acks: Vec<async_nats::Subject>,
-}
-
-/// Folds what the receiver hands over, a commit at a time, and acks after each commit.
-async fn commit(
-    client: async_nats::Client,
-    db: Arc<Projections>,
-    mut ready: mpsc::Receiver<Ready>,
-    applied: watch::Sender<u64>,
-) -> Result<(), Error> {
-    // One buffer for every commit, handed to the fold and back: a new one of 32,768 inputs per
-    // commit lies above the mmap threshold (see main.rs), so each was mapped and faulted in anew.
-    let mut inputs: Vec<Input> = Vec::with_capacity(COMMIT_MAX);
-    let mut acks = Vec::with_capacity(COMMIT_MAX);
-    while let Some(first) = ready.recv().await {
-        let mut next = Some(first);
-        while let Some(mut batch) = next {
-            inputs.append(&mut batch.inputs);
-            acks.append(&mut batch.acks);
-            next = if inputs.len() < COMMIT_MAX {
-                ready.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        // Batches are committed in the order they were handed over, so a delivery acked here
-        // (a redelivery the receiver skipped, too) was folded by this commit or an earlier one.
-        if !inputs.is_empty() {
-            let db = db.clone();
-            let (done, emptied) = blocking(move || {
-                let done = db.apply(&inputs)?;
-                inputs.clear();
-                Ok((done, inputs))
-            })
-            .await?;
-            inputs = emptied;
-            applied.send_replace(done.last_seq);
-        }
-        for reply in acks.drain(..) {
-            if let Err(e) = client.publish(reply, Bytes::new()).await {
-                tracing::debug!(error = %e, "ack lost; the message will be redelivered and skipped");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The first stage of the live fold: pulls, puts deliveries in stream order without gaps,
-/// validates and dead-letters.
-struct Receiver {
-    js: jetstream::Context,
-    events: Stream,
-    /// The last sequence handed to the committer.
-    cursor: u64,
-    stop: watch::Receiver<bool>,
-}
-
-impl Receiver {
-    async fn run(
-        mut self,
-        consumer: PullConsumer,
-        batch: usize,
-        out: mpsc::Sender<Ready>,
-    ) -> Result<(), Error> {
-        let mut messages = open_messages(&consumer, batch).await?;
-        let mut stop = self.stop.clone();
-        loop {
-            let deliveries = tokio::select! {
-                biased;
-                _ = stop.changed() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(deliveries) => deliveries,
-                    None => {
-                        tracing::warn!("the consumer's message stream ended; reopening it");
-                        messages = reopen(&consumer, batch, &self.stop).await?;
-                        continue;
-                    }
-                },
-            };
-            if let Some(ready) = self.prepare(deliveries).await {
-                // Waits while the committer is behind: the backpressure that bounds memory.
-                if out.send(ready).await.is_err() {
-                    return Ok(()); // the committer failed; serve reports why
-                }
-            }
-        }
-    }
-
-    /// Turns a batch of deliveries into inputs; `None` when it must be redelivered instead.
-    async fn prepare(&mut self, batch: Vec<Delivery>) -> Option<Ready> {
-        // Each delivery with its stream sequence and the time JetStream stored it.
-        let mut delivered: Vec<(u64, DateTime<Utc>, jetstream::Message)> =
-            Vec::with_capacity(batch.len());
-        for item in batch {
-            match item {
-                Ok(msg) => match msg.info() {
-                    Ok(info) => delivered.push((info.stream_sequence, info.published, msg)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a delivery without JetStream metadata; ignored")
-                    }
-                },
-                // Missed heartbeats and the like while the server restarts: the stream recovers.
-                Err(e) => tracing::debug!(error = %e, "pull consumer"),
-            }
-        }
-        if delivered.is_empty() {
-            return None;
-        }
-        delivered.sort_by_key(|(seq, _, _)| *seq);
-
-        // Fold in stream order with no gap: a delivery lost in flight (a reconnect, say) would
-        // otherwise be skipped for good once a later sequence is committed. The stream is the
-        // record, so a gap is filled by reading it.
-        let mut stored = Vec::with_capacity(delivered.len());
-        let mut cursor = self.cursor;
-        for (seq, published, msg) in &delivered {
-            if *seq <= cursor {
-                continue;
-            }
-            if *seq > cursor + 1 {
-                match self.read_range(cursor + 1, *seq).await {
-                    Ok(filled) => stored.extend(filled),
-                    Err(e) => {
-                        tracing::warn!(error = %e, from = cursor + 1, to = seq - 1, "cannot fill a gap from the stream yet; the batch will be redelivered");
-                        return None;
-                    }
-                }
-            }
-            stored.push(Stored {
-                seq: *seq,
-                subject: msg.subject.to_string(),
-                payload: msg.payload.clone(),
-                time: *published,
-            });
-            cursor = *seq;
-        }
-
-        let mut inputs = Vec::with_capacity(stored.len());
-        let mut dead = Vec::new();
-        for m in &stored {
-            let event = validate(&m.subject, &m.payload, m.time).map_err(|rejection| {
-                dead.push(DeadLetter::new(&rejection, &m.subject, m.seq, &m.payload));
-                tracing::debug!(seq = m.seq, %rejection, "dead-lettered");
-                rejection.reason
-            });
-            inputs.push(Input { seq: m.seq, event });
-        }
-        if !dead.is_empty() && !self.store_dead_letters(&dead).await {
-            return None; // stopping: nothing committed, nothing acked, all redelivered later
-        }
-        self.cursor = cursor;
-        let acks = delivered
-            .iter()
-            .filter_map(|(_, _, msg)| msg.reply.as_ref())
-            .map(|reply| async_nats::Subject::from(reply.as_str()))
-            .collect();
-        Some(Ready { inputs, acks })
-    }
-
-    /// Messages `from..to` as the stream holds them; sequences it no longer holds are absent.
-    async fn read_range(&self, from: u64, to: u64) -> Result<Vec<Stored>, Error> {
-        let mut out = Vec::new();
-        let mut seq = from;
-        while seq < to {
-            match self.events.get_first_raw_message_by_subject(">", seq).await {
-                Ok(raw) if raw.sequence < to => {
-                    seq = raw.sequence + 1;
-                    out.push(Stored {
-                        seq: raw.sequence,
-                        subject: raw.subject.to_string(),
-                        payload: raw.payload,
-                        time: raw.time,
-                    });
-                }
-                Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::stream::RawMessageErrorKind::NoMessageFound
-                    ) =>
-                {
-                    break
-                }
-                Err(e) => return Err(Error::nats("reading TRUEBIT_EVENTS", e)),
-            }
-        }
-        if !out.is_empty() {
-            tracing::info!(
-                from,
-                to = to - 1,
-                filled = out.len(),
-                "filled a delivery gap from the stream"
-            );
-        }
-        Ok(out)
-    }
-
-    /// Stores dead letters, retrying until JetStream has them all; false if asked to stop first.
-    async fn store_dead_letters(&self, dead: &[DeadLetter]) -> bool {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match self.try_store_dead_letters(dead).await {
-                Ok(()) => return true,
-                Err(e) => {
-                    if *self.stop.borrow() {
-                        return false;
-                    }
-                    tracing::warn!(error = %e, "cannot store dead letters in TRUEBIT_DLQ yet; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn try_store_dead_letters(&self, dead: &[DeadLetter]) -> Result<(), Error> {
-        let mut acks = Vec::with_capacity(dead.len());
-        for d in dead {
-            let ack = self
-                .js
-                .publish_with_headers(d.subject.clone(), d.headers.clone(), d.payload.clone())
-                .await
-                .map_err(|e| Error::nats("publishing a dead letter", e))?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await
-                .map_err(|e| Error::nats("storing a dead letter", e))?;
-        }
-        Ok(())
     }
 }

@@ -72,7 +72,7 @@ fn main() {
             let event = truebit_streams::validate(m.subject, &m.payload, stored_at);
             inputs.push(Input {
                 seq,
-                event: event.map_err(|refused| refused.reason),
+                event: event.map_err(truebit_projections::Refusal::from),
             });
         });
         for batch in inputs.chunks(args.commit) {

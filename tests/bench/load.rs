@@ -69,7 +69,7 @@ fn main() {
 async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    truebit_streams::topology::ensure(&js, &Default::default())
+    truebit_federation::topology::ensure(&js, &Default::default())
         .await
         .unwrap();
     let mut snapshots = client

@@ -111,7 +111,7 @@ async fn fill(server: &NatsServer, fleet: &Fleet, tasks: u64) -> (u64, f64, u64)
     const CHUNK: u64 = 1_000_000;
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
-    truebit_streams::topology::ensure(&js, &Default::default())
+    truebit_federation::topology::ensure(&js, &Default::default())
         .await
         .unwrap();
     let started = Instant::now();
@@ -286,7 +286,7 @@ async fn snapshot_cost(
     let copy = started.elapsed();
     let bytes = std::fs::metadata(&path).unwrap().len();
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    let store = truebit_streams::topology::ensure(&js, &Default::default())
+    let store = truebit_federation::topology::ensure(&js, &Default::default())
         .await
         .unwrap()
         .checkpoints;

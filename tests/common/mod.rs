@@ -173,7 +173,7 @@ pub fn assert_fleet_counts(
     expected: &truebit_testkit::Expected,
 ) {
     let at = chrono::Utc::now().timestamp() / 60 + 10;
-    let all = db.snapshot(at, truebit_projections::Period::All).unwrap();
+    let all = db.snapshot(at, truebit_streams::Period::All).unwrap();
     let got = (
         all.total_tasks,
         all.completed_tasks,
