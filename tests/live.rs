@@ -553,3 +553,70 @@ async fn messages_redelivered_by_a_lagging_consumer_are_folded_once() {
         "the redelivered messages were acked, not left pending"
     );
 }
+
+/// Contract §4: a dead letter that cannot be stored yet waits in the outbox, across a stop and a
+/// start, and reaches TRUEBIT_DLQ exactly once when it can; the messages behind it fold at once.
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_stored_waits_in_the_outbox_across_a_restart() {
+    let mut served = Served::start().await;
+    // No stream for truebit.dlq.> any more: every dead letter publish fails for now.
+    served.js.delete_stream("TRUEBIT_DLQ").await.unwrap();
+    let ts = chrono::Utc::now().to_rfc3339();
+    let bad = served
+        .publish(&[("truebit.heartbeat".to_string(), b"{not json".to_vec())])
+        .await;
+    let good = served
+        .publish(&[msg(
+            "truebit.heartbeat",
+            envelope("heartbeat", A, &ts, json!({})),
+        )])
+        .await;
+    let snapshot = served.wait_folded(good).await;
+    assert_eq!(
+        snapshot["data"]["activeNodes"], 1,
+        "the refusal does not hold up the fold"
+    );
+    served.stop().await.unwrap();
+    {
+        let db = Projections::open_existing(&served.db_path).unwrap();
+        let pending = db.pending_dead_letters(10).unwrap();
+        assert_eq!(pending.len(), 1, "kept on disk: {pending:?}");
+        assert_eq!(pending[0].0, bad);
+    }
+
+    // The next start recreates TRUEBIT_DLQ and sends what waited.
+    served.serve();
+    served.wait_folded(good).await; // the topology exists again
+    let mut dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while dlq.info().await.unwrap().state.messages < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox was not sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let m = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(m.subject.as_str(), "truebit.dlq.malformed");
+    assert_eq!(
+        m.headers.get("Truebit-Original-Seq").unwrap().as_str(),
+        bad.to_string()
+    );
+    // Sent once more, as after a crash between storing and dropping: stored once.
+    let again = served
+        .js
+        .publish_with_headers(
+            "truebit.dlq.malformed",
+            m.headers.clone(),
+            m.payload.clone(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(again.duplicate, "dlq-<seq> deduplicates");
+    served.stop().await.unwrap();
+    let db = Projections::open_existing(&served.db_path).unwrap();
+    assert_eq!(db.pending_dead_letter_count().unwrap(), 0);
+    assert_eq!(dlq.info().await.unwrap().state.messages, 1);
+}

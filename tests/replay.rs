@@ -156,7 +156,10 @@ async fn verify_passes_after_a_live_run_and_catches_an_altered_record() {
     );
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert_eq!(
-        Projections::open_existing(&kept).unwrap().last_seq().unwrap(),
+        Projections::open_existing(&kept)
+            .unwrap()
+            .last_seq()
+            .unwrap(),
         last
     );
 }

@@ -6,7 +6,8 @@
 //! 1. the raw JetStream consume rate: a pull consumer acking once per 1,000-message batch, and
 //!    the same with one ack per message, the ack work `serve`'s explicit-ack consumer does,
 //! 2. `serve`'s catch-up fold rate (the release binary, as deployed), its ratio to the raw rate,
-//!    and its peak RSS,
+//!    and its peak RSS, once with each ack policy (`ACK_POLICY=explicit`: an ack per message;
+//!    `all`, the default: an ack per commit), each into a fresh database,
 //! 3. `replay`'s rebuild rate and its ratio to the raw rate,
 //! 4. on the database `serve` built: its size per task, the time to compute the snapshot of
 //!    every period, and the size and write time of one checkpoint.
@@ -64,16 +65,26 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("bench.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path);
+    let explicit_path = dir.path().join("explicit.redb");
+    let (fold, rss_kib) = serve_catch_up(&server, events, &explicit_path, "explicit");
     println!(
-        "serve      {:>9.0} events/s  catch-up fold, {:.2} x raw, {:.2} x raw with one ack per message",
+        "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=explicit, {:.2} x raw, {:.2} x raw with one ack per message; peak RSS {:.1} MiB",
+        fold,
+        fold / raw,
+        fold / raw_explicit,
+        rss_kib as f64 / 1024.0
+    );
+    std::fs::remove_file(&explicit_path).unwrap();
+    let db_path = dir.path().join("bench.redb");
+    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path, "all");
+    println!(
+        "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=all, {:.2} x raw, {:.2} x raw with one ack per message",
         fold,
         fold / raw,
         fold / raw_explicit
     );
     println!(
-        "serve RSS  {:>9.1} MiB peak (VmHWM) with {tasks} tasks folded",
+        "serve RSS  {:>9.1} MiB peak (VmHWM) with {tasks} tasks folded, ACK_POLICY=all",
         rss_kib as f64 / 1024.0
     );
 
@@ -179,13 +190,20 @@ async fn raw_consume(server: &NatsServer, events: u64, policy: AckPolicy) -> f64
     events as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Runs the release `serve` over the full stream; its catch-up rate (from its own log) and peak RSS.
-fn serve_catch_up(server: &NatsServer, events: u64, db_path: &std::path::Path) -> (f64, u64) {
+/// Runs the release `serve` over the full stream with an ack policy; its catch-up rate (from its
+/// own log) and peak RSS.
+fn serve_catch_up(
+    server: &NatsServer,
+    events: u64,
+    db_path: &std::path::Path,
+    ack_policy: &str,
+) -> (f64, u64) {
     let mut child = Reaped(
         Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
             .arg("serve")
             .env("NATS_URL", server.url())
             .env("DB_PATH", db_path)
+            .env("ACK_POLICY", ack_policy)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
