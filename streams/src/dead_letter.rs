@@ -1,7 +1,7 @@
 //! Contract §4: the shape of a dead letter.
 
+use crate::rejection::{Reason, Rejection};
 use crate::subjects::DLQ_PREFIX;
-use crate::validate::{Reason, Rejection};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 

@@ -24,10 +24,14 @@
 //! assert_eq!(wrong_subject.path.as_deref(), Some("$.type"));
 //! ```
 
+#[cfg(test)]
+mod agreement;
 mod dead_letter;
 mod event;
 mod fast;
 mod labels;
+mod rejection;
+mod rules;
 pub mod subjects;
 pub mod topology;
 mod validate;
@@ -38,4 +42,6 @@ pub use dead_letter::{
 };
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
-pub use validate::{validate, Reason, Rejection, MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
+pub use rejection::{Reason, Rejection};
+pub use rules::{MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
+pub use validate::validate;

@@ -6,95 +6,11 @@
 
 use crate::event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Outcome};
 use crate::labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
+use crate::rejection::{Reason, Rejection};
+use crate::rules::{chain_digits, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
 use crate::subjects::{self, EventType};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use std::fmt;
-
-/// Payloads above this many bytes are dead-lettered as `too_large`.
-pub const MAX_PAYLOAD: usize = 8 * 1024;
-
-/// How far a node's clock may run ahead of the time JetStream stored its message.
-pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
-
-/// Why a message was refused: the `<reason>` of `truebit.dlq.<reason>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    TooLarge,
-    Malformed,
-    Schema,
-    Clock,
-    Unauthorized,
-    RateLimited,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::TooLarge,
-        Reason::Malformed,
-        Reason::Schema,
-        Reason::Clock,
-        Reason::Unauthorized,
-        Reason::RateLimited,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::TooLarge => "too_large",
-            Reason::Malformed => "malformed",
-            Reason::Schema => "schema",
-            Reason::Clock => "clock",
-            Reason::Unauthorized => "unauthorized",
-            Reason::RateLimited => "rate_limited",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused message: the reason, the JSON path of the first bad field (for `schema`), and a
-/// sentence for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: Reason,
-    pub path: Option<String>,
-    pub detail: String,
-}
-
-impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            path: None,
-            detail: detail.into(),
-        }
-    }
-
-    fn schema(path: impl Into<String>, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason: Reason::Schema,
-            path: Some(path.into()),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "{} at {}: {}", self.reason, path, self.detail),
-            None => write!(f, "{}: {}", self.reason, self.detail),
-        }
-    }
-}
 
 /// Validates one inbound message.
 ///
@@ -152,62 +68,6 @@ pub(crate) fn reference(
         minute: check_time(timestamp, stored_at)?,
         kind,
     })
-}
-
-/// The clock check: the envelope's timestamp as an event minute, or why it is refused.
-pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i64, Rejection> {
-    let time = DateTime::parse_from_rfc3339(timestamp)
-        .map_err(|e| {
-            Rejection::new(
-                Reason::Clock,
-                format!("timestamp {timestamp:?} is not RFC 3339: {e}"),
-            )
-        })?
-        .with_timezone(&Utc);
-    let earliest = Utc
-        .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
-        .single()
-        .expect("a valid date");
-    if time < earliest {
-        return Err(Rejection::new(
-            Reason::Clock,
-            format!("timestamp {timestamp} is before 2020-01-01"),
-        ));
-    }
-    let skew = (time - stored_at).num_seconds();
-    if time > stored_at && (time - stored_at) > chrono::Duration::seconds(MAX_CLOCK_SKEW_SECS) {
-        return Err(Rejection::new(
-            Reason::Clock,
-            format!("timestamp {timestamp} is {skew} s after the message was stored; at most {MAX_CLOCK_SKEW_SECS} s is allowed"),
-        ));
-    }
-    Ok(time.timestamp().div_euclid(60))
-}
-
-/// Whether `version` has major 1.
-pub(crate) fn major_is_one(version: &str) -> bool {
-    version
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .parse::<u64>()
-        .ok()
-        == Some(1)
-}
-
-/// `taskType`, `operation`, `status`: lower-cased, then 1–32 characters of `[a-z0-9_-]`.
-pub(crate) fn word(s: &str) -> Option<String> {
-    let lower = s.to_lowercase();
-    let ok = (1..=32).contains(&lower.len())
-        && lower
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    ok.then_some(lower)
-}
-
-/// A chain id's digits: 1–20 decimal digits.
-pub(crate) fn chain_digits(digits: &str) -> bool {
-    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The schema checks, in the order a reader meets the fields.
@@ -333,12 +193,6 @@ fn required_str<'a>(
             format!("{field} must be a string, not {}", kind_of(other)),
         )),
     }
-}
-
-pub(crate) fn valid_node_id(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 fn kind_of(v: &Value) -> &'static str {

@@ -1,0 +1,193 @@
+//! The fast path agrees with the reference validator: on every message it accepts, the reference
+//! accepts the very same event. Kept apart from both, so that the fast path depends on nothing of
+//! the reference's, not even in its tests.
+
+use crate::fast::accept;
+use crate::validate::reference;
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+fn stored_at(payload: &[u8]) -> DateTime<Utc> {
+    // The fixtures and the fleet were made with a clock at their event time.
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v["timestamp"].as_str().map(str::to_owned))
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map_or_else(Utc::now, |t| t.with_timezone(&Utc))
+}
+
+/// Real and simulated messages: those the reference accepts, the fast path accepts too,
+/// with the same event; otherwise a message as common as these would pay the slow path.
+#[test]
+fn the_fast_path_takes_every_valid_message_of_the_monitor_and_the_fleet() {
+    let mut messages = truebit_testkit::monitor_fixtures();
+    let (fleet, _) = truebit_testkit::Fleet::new(50, 7).generate(300);
+    messages.extend(
+        fleet
+            .into_iter()
+            .map(|m| (m.subject.to_string(), m.payload)),
+    );
+    let mut valid = 0;
+    for (subject, payload) in &messages {
+        let at = stored_at(payload);
+        let fast = accept(subject, payload, at);
+        match reference(subject, payload, at) {
+            Ok(event) => {
+                valid += 1;
+                assert_eq!(fast, Some(event), "{}", String::from_utf8_lossy(payload));
+            }
+            Err(r) => assert_eq!(fast, None, "the reference refused it: {r}"),
+        }
+    }
+    assert!(valid > 1000, "only {valid} valid messages");
+}
+
+/// A valid message of each type, for the mutations below to spoil.
+fn samples() -> Vec<(&'static str, Value)> {
+    let hash = "dc5bd914475128116974a3e7e7c848deca52b87aea9f8f3e31f7511b993a582b";
+    let envelope = |ty: &str, data: Value| {
+        json!({"version": "1.0", "type": ty, "timestamp": "2026-11-02T08:00:00.000Z",
+               "nodeId": "node-a37c1f69-f85a-48e1-8492-a9d82759a3b6", "data": data})
+    };
+    vec![
+        (
+            "truebit.tasks.received",
+            envelope(
+                "task_received",
+                json!({"taskIdHash": hash, "chainId": "1", "taskType": "wasm", "blockNumber": 12}),
+            ),
+        ),
+        (
+            "truebit.tasks.completed",
+            envelope(
+                "task_completed",
+                json!({"taskIdHash": hash, "success": true, "status": "completed",
+                   "executionTimeBucket": "1-5s", "gasUsedBucket": "<100K", "cached": false}),
+            ),
+        ),
+        (
+            "truebit.heartbeat",
+            envelope(
+                "heartbeat",
+                json!({"status": "online", "totalTasksBucket": ">1K", "activeTasksBucket": "1",
+                   "continentBucket": "EU", "locationBucket": "52.5,13.4", "activeTasks": 1}),
+            ),
+        ),
+        (
+            "truebit.invoices.created",
+            envelope(
+                "invoice_created",
+                json!({"invoiceIdHash": hash, "taskIdHash": null, "chainId": 137,
+                   "stepsComputedBucket": "1M-10M", "memoryUsedBucket": "<64MB",
+                   "operation": "compute"}),
+            ),
+        ),
+        (
+            "truebit.nodes.joined",
+            envelope("node_joined", json!({"status": "online"})),
+        ),
+        (
+            "truebit.nodes.left",
+            envelope("node_left", json!({"status": "offline"})),
+        ),
+    ]
+}
+
+/// Values that break one rule or another, or none.
+fn replacement() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => Just(Value::Null),
+        3 => any::<bool>().prop_map(Value::Bool),
+        3 => any::<i64>().prop_map(|n| json!(n)),
+        1 => Just(json!(1.5)),
+        1 => Just(json!([])),
+        1 => Just(json!({})),
+        1 => Just(json!("unknown")),
+        1 => Just(json!("")),
+        1 => Just(json!("WASM")),
+        1 => Just(json!("K\u{212a}")),
+        1 => Just(json!("DC5BD914475128116974A3E7E7C848DECA52B87AEA9F8F3E31F7511B993A582B")),
+        1 => Just(json!("2019-12-31T23:59:00Z")),
+        1 => Just(json!("2099-01-01T00:00:00Z")),
+        1 => Just(json!("2.0")),
+        1 => Just(json!("heartbeat")),
+        1 => Just(json!("12345678901234567890")),
+        1 => Just(json!("123456789012345678901")),
+        1 => Just(json!("90.0,180.0")),
+        1 => Just(json!("-0.0,0.0")),
+        1 => Just(json!("EU")),
+        1 => Just(json!("\"quoted\" \\ text")),
+        1 => "[a-z0-9_ -]{0,40}".prop_map(Value::String),
+    ]
+}
+
+/// The keys a mutation of `sample` may touch: its own, at their level, and the heartbeat's
+/// fields at the other level.
+fn keys(sample: &Value) -> Vec<(bool, String)> {
+    let mut keys: Vec<(bool, String)> = sample
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| (false, k.clone()))
+        .collect();
+    if let Some(Value::Object(data)) = sample.get("data") {
+        keys.extend(data.keys().map(|k| (true, k.clone())));
+    }
+    keys.extend([(false, "status".into()), (false, "continentBucket".into())]);
+    keys
+}
+
+/// Raw-text edits that a tree of values cannot express.
+fn text_edit(text: &str, edit: u8) -> String {
+    match edit {
+        0 => text.replacen("\"nodeId\"", "\"node\\u0049d\"", 1),
+        1 => text.replacen(
+            "\"version\":\"1.0\"",
+            "\"version\":\"1.0\",\"version\":\"1.0\"",
+            1,
+        ),
+        2 => text.replacen("\"status\":\"", "\"status\":\"\\u006f", 1),
+        3 => format!("{text} x"),
+        4 => format!("[{text}]"),
+        5 => text.replacen("\"blockNumber\":12", "\"blockNumber\":\"\\ud800\"", 1),
+        6 => text.replacen('}', ",\"extra\":{\"deep\":[1,2,{\"x\":null}]}}", 1),
+        _ => text.to_string(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6000, ..ProptestConfig::default() })]
+
+    /// Whatever the fast path accepts, the reference accepts as the very same event.
+    #[test]
+    fn the_fast_path_never_accepts_what_the_reference_would_not(
+        sample in 0usize..6,
+        subject in 0usize..7,
+        edits in proptest::collection::vec(
+            (any::<proptest::sample::Index>(), proptest::option::of(replacement())), 0..3),
+        text in 0u8..12,
+    ) {
+        let all = samples();
+        let (own_subject, mut value) = all[sample].clone();
+        let subject = all.get(subject).map_or("truebit.admin.keys", |s| s.0);
+        let subject = if text % 2 == 0 { own_subject } else { subject };
+        let keys = keys(&value);
+        for (index, replacement) in edits {
+            let (nested, key) = &keys[index.index(keys.len())];
+            let map = match (*nested, value.get_mut("data")) {
+                (true, Some(Value::Object(data))) => data,
+                _ => value.as_object_mut().unwrap(),
+            };
+            match replacement {
+                Some(v) => { map.insert(key.clone(), v); }
+                None => { map.remove(key); }
+            }
+        }
+        let payload = text_edit(&value.to_string(), text);
+        let at = DateTime::parse_from_rfc3339("2026-11-02T08:01:00Z").unwrap().with_timezone(&Utc);
+        if let Some(event) = accept(subject, payload.as_bytes(), at) {
+            prop_assert_eq!(reference(subject, payload.as_bytes(), at), Ok(event), "{}", payload);
+        }
+    }
+}
