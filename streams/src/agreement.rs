@@ -152,6 +152,24 @@ fn text_edit(text: &str, edit: u8) -> String {
         4 => format!("[{text}]"),
         5 => text.replacen("\"blockNumber\":12", "\"blockNumber\":\"\\ud800\"", 1),
         6 => text.replacen('}', ",\"extra\":{\"deep\":[1,2,{\"x\":null}]}}", 1),
+        // A key twice, where no slot of the fast path holds it: at the top, in data, deeper.
+        7 => text.replacen('{', "{\"x\":1,\"x\":2,", 1),
+        8 => text.replacen(
+            "\"data\":{",
+            "\"data\":{\"blockHash\":\"a\",\"blockHash\":\"a\",",
+            1,
+        ),
+        9 => text.replacen('}', ",\"extra\":{\"deep\":[{\"k\":1,\"k\":1}]}}", 1),
+        10 => text.replacen('{', "{\"x\":1,\"\\u0078\":2,", 1),
+        // Nesting about the two limits: serde_json's 127 and the contract's 128.
+        11..=13 => {
+            let n = 125 + usize::from(edit - 11);
+            let deep = format!(",\"deep\":{}{}}}", "[".repeat(n), "]".repeat(n));
+            text.replacen('}', &deep, 1)
+        }
+        14 => text.replacen('}', ",\"big\":1e400}", 1),
+        15 => text.replacen('}', ",\"big\":1.7976931348623158e308}", 1),
+        16 => text.replacen('}', ",\"odd\":\"\\udc00\"}", 1),
         _ => text.to_string(),
     }
 }
@@ -166,7 +184,7 @@ proptest! {
         subject in 0usize..7,
         edits in proptest::collection::vec(
             (any::<proptest::sample::Index>(), proptest::option::of(replacement())), 0..3),
-        text in 0u8..12,
+        text in 0u8..24,
     ) {
         let all = samples();
         let (own_subject, mut value) = all[sample].clone();

@@ -29,6 +29,7 @@ mod agreement;
 mod dead_letter;
 mod event;
 mod fast;
+mod json;
 mod labels;
 mod rejection;
 mod rules;

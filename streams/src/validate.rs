@@ -5,6 +5,7 @@
 //! sends is dropped here and never reaches a projection.
 
 use crate::event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Outcome};
+use crate::json;
 use crate::labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 use crate::rejection::{Reason, Rejection};
 use crate::rules::{chain_digits, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
@@ -47,8 +48,12 @@ pub(crate) fn reference(
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new(Reason::Malformed, format!("payload is not UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(Reason::Malformed, format!("payload is not JSON: {e}")))?;
+    let value = json::parse(text).map_err(|e| {
+        Rejection::new(
+            Reason::Malformed,
+            format!("payload is not JSON as contract §4 reads it: {e}"),
+        )
+    })?;
     let Value::Object(envelope) = value else {
         return Err(Rejection::new(
             Reason::Malformed,

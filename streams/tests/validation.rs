@@ -167,6 +167,86 @@ fn anything_but_a_utf8_json_object_is_malformed() {
     }
 }
 
+/// A task_received message written by hand, so that a test can say what no `Value` can hold:
+/// `top` goes before `data` (with its trailing comma), `inner` after the hash inside `data`.
+fn task_text(top: &str, inner: &str) -> String {
+    format!(
+        r#"{{"version":"1.0","type":"task_received","timestamp":"2026-11-02T08:00:00.000Z","nodeId":"{NODE}",{top}"data":{{"taskIdHash":"{TASK}"{inner}}}}}"#
+    )
+}
+
+fn check_text(text: &str) -> Result<truebit_streams::Event, Rejection> {
+    validate("truebit.tasks.received", text.as_bytes(), stored())
+}
+
+fn assert_malformed(text: &str) {
+    let r = check_text(text).expect_err("should be refused");
+    assert_eq!(r.reason, Reason::Malformed, "{r}: {text}");
+    assert_eq!(r.path, None);
+}
+
+#[test]
+fn a_key_twice_in_any_object_is_malformed_even_where_the_contract_ignores_it() {
+    // Given a valid message, when the same key appears twice in one object, then it is
+    // malformed: a reader that keeps the first and one that keeps the last would disagree.
+    assert!(
+        check_text(&task_text("", "")).is_ok(),
+        "the message itself is valid"
+    );
+    assert_malformed(&task_text(r#""nodeId":"node-b","#, ""));
+    assert_malformed(&task_text(r#""blockHash":"0x1","blockHash":"0x1","#, ""));
+    assert_malformed(&task_text("", r#","chainId":"1","chainId":"1""#));
+    assert_malformed(&task_text("", r#","taskHash":null,"taskHash":null"#));
+    assert_malformed(&task_text("", r#","extra":[{"deep":{"k":1,"k":2}}]"#));
+    // Equal after escapes are resolved: `\u0078` is `x`.
+    assert_malformed(&task_text(r#""x":1,"\u0078":2,"#, ""));
+    // Not equal: keys differ by case.
+    assert!(check_text(&task_text(r#""x":1,"X":2,"#, "")).is_ok());
+}
+
+#[test]
+fn nesting_of_128_levels_is_read_and_129_is_malformed() {
+    // The top-level object is level 1 and `data` level 2, so n arrays in data make 2 + n.
+    let deep = |levels: usize| {
+        let n = levels - 2;
+        task_text(
+            "",
+            &format!(r#","deep":{}{}"#, "[".repeat(n), "]".repeat(n)),
+        )
+    };
+    assert!(check_text(&deep(127)).is_ok());
+    assert!(check_text(&deep(128)).is_ok(), "128 levels are allowed");
+    assert_malformed(&deep(129));
+    let objects = |levels: usize| {
+        let n = levels - 2;
+        task_text(
+            "",
+            &format!(
+                r#","deep":{}{}{}"#,
+                r#"{"a":"#.repeat(n - 1),
+                "{}",
+                "}".repeat(n - 1)
+            ),
+        )
+    };
+    assert!(check_text(&objects(128)).is_ok());
+    assert_malformed(&objects(129));
+}
+
+#[test]
+fn numbers_beyond_a_double_and_unpaired_surrogates_are_malformed_in_ignored_fields() {
+    assert_malformed(&task_text("", r#","blockNumber":1e400"#));
+    assert_malformed(&task_text("", r#","blockNumber":-1e400"#));
+    assert_malformed(&task_text(&format!(r#""big":1{},"#, "0".repeat(400)), ""));
+    assert_malformed(&task_text("", r#","blockHash":"\ud800""#));
+    assert_malformed(&task_text("", r#","blockHash":"\udc00\ud800""#));
+    assert_malformed(&task_text(r#""note":["\ud83d x"],"#, ""));
+    // In range, merely small or large, and a proper surrogate pair: read.
+    assert!(check_text(&task_text("", r#","blockNumber":1e-400"#)).is_ok());
+    assert!(check_text(&task_text("", r#","blockNumber":1.7976931348623157e308"#)).is_ok());
+    assert!(check_text(&task_text("", r#","blockHash":"\ud83d\ude00""#)).is_ok());
+}
+
 #[test]
 fn schema_errors_name_the_first_bad_field() {
     let ok = envelope("task_received", json!({"taskIdHash": TASK}));
