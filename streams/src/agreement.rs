@@ -94,6 +94,42 @@ fn samples() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Null is common in today's monitor (`"chainId": null`): the fast path takes it, in every
+/// optional field and as `data`, rather than sending such messages to the slow path.
+#[test]
+fn the_fast_path_takes_null_in_optional_fields_and_as_data() {
+    let at = DateTime::parse_from_rfc3339("2026-11-02T08:01:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let required = ["taskIdHash", "invoiceIdHash"];
+    let mut taken = 0;
+    for (subject, sample) in samples() {
+        let mut all_null = sample.clone();
+        if let Some(Value::Object(data)) = all_null.get_mut("data") {
+            for (key, value) in data.iter_mut() {
+                if !required.contains(&key.as_str()) {
+                    *value = Value::Null;
+                }
+            }
+        }
+        let mut null_data = sample.clone();
+        null_data["data"] = Value::Null;
+        for v in [all_null, null_data] {
+            let payload = v.to_string();
+            if let Ok(event) = reference(subject, payload.as_bytes(), at) {
+                assert_eq!(
+                    accept(subject, payload.as_bytes(), at),
+                    Some(event),
+                    "{payload}"
+                );
+                taken += 1;
+            }
+        }
+    }
+    // Six with null fields, three with null data (heartbeat and node events need none).
+    assert_eq!(taken, 9);
+}
+
 /// Values that break one rule or another, or none.
 fn replacement() -> impl Strategy<Value = Value> {
     prop_oneof![

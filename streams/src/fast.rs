@@ -123,7 +123,9 @@ enum Slot<'a> {
 }
 
 /// Each method answers what the reference would: `Some(value)` where it accepts the field,
-/// `None` where the fast path steps aside (mostly where the reference refuses).
+/// `None` where the fast path steps aside (mostly where the reference refuses). The optional
+/// fields take null as "not known", as the reference does; the required ones (`str`, `digest`)
+/// step aside on it, and the reference names the field.
 impl<'a> Slot<'a> {
     fn str(self) -> Option<&'a str> {
         match self {
@@ -145,7 +147,7 @@ impl<'a> Slot<'a> {
 
     fn chain_id(self) -> Option<Option<String>> {
         let digits = match self {
-            Slot::Absent => return Some(None),
+            Slot::Absent | Slot::Null => return Some(None),
             Slot::Str(s) => s.to_owned(),
             Slot::Unsigned(n) => n.to_string(),
             _ => return None,
@@ -155,7 +157,7 @@ impl<'a> Slot<'a> {
 
     fn word(self) -> Option<Option<String>> {
         match self {
-            Slot::Absent => Some(None),
+            Slot::Absent | Slot::Null => Some(None),
             Slot::Str(s) => word(s).map(Some),
             _ => None,
         }
@@ -163,7 +165,7 @@ impl<'a> Slot<'a> {
 
     fn boolean(self) -> Option<Option<bool>> {
         match self {
-            Slot::Absent => Some(None),
+            Slot::Absent | Slot::Null => Some(None),
             Slot::Bool(b) => Some(Some(b)),
             _ => None,
         }
@@ -388,6 +390,8 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
                 let mut e = Envelope::default();
                 let mut unnamed = Unnamed::default();
+                // `data: null` leaves `e.data` as it was, so it cannot tell a second `data`.
+                let mut data_seen = false;
                 while let Some(key) = map.next_key::<&'de str>()? {
                     let slot = match key {
                         "version" => &mut e.version,
@@ -395,10 +399,12 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                         "nodeId" => &mut e.node_id,
                         "timestamp" => &mut e.timestamp,
                         "data" => {
-                            if e.data.is_some() {
+                            if data_seen {
                                 return Err(de::Error::custom("data named twice"));
                             }
-                            e.data = Some(map.next_value()?);
+                            data_seen = true;
+                            // Null is "not known", as if `data` were absent.
+                            e.data = map.next_value::<Option<Data>>()?;
                             continue;
                         }
                         other => match e.heartbeat.slot(other) {

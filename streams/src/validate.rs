@@ -107,9 +107,14 @@ fn check_schema(
     let timestamp = required_str(envelope, "timestamp", "$.timestamp")?;
 
     let data = match envelope.get("data") {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(Value::Object(data)) => Some(data),
-        Some(_) => return Err(Rejection::schema("$.data", "data must be an object")),
+        Some(_) => {
+            return Err(Rejection::schema(
+                "$.data",
+                "data must be an object (or null, or absent)",
+            ))
+        }
     };
     let needs_data = |field: &str| {
         data.ok_or_else(|| {
@@ -212,6 +217,10 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The fields of one JSON object, with the path that error messages name.
+///
+/// Every optional field reads `null` as "not known", as if it were missing (contract §3: today's
+/// monitor sends `"chainId": null` whenever its log nested the task's fields); only the required
+/// ones (`required_str`, `required_digest`) refuse it.
 struct Fields<'a> {
     map: &'a Map<String, Value>,
     prefix: &'static str,
@@ -256,7 +265,7 @@ impl<'a> Fields<'a> {
     /// A chain id: 1–20 decimal digits, as a string or a non-negative integer.
     fn chain_id(&self, field: &str) -> Result<Option<String>, Rejection> {
         let v = match self.map.get(field) {
-            None => return Ok(None),
+            None | Some(Value::Null) => return Ok(None),
             Some(v) => v,
         };
         let digits = match v {
@@ -289,7 +298,7 @@ impl<'a> Fields<'a> {
     /// A short lower-case word (`taskType`, `operation`, `status`), lower-cased.
     fn word(&self, field: &str) -> Result<Option<String>, Rejection> {
         let v = match self.map.get(field) {
-            None => return Ok(None),
+            None | Some(Value::Null) => return Ok(None),
             Some(v) => v,
         };
         let Value::String(s) = v else {
@@ -308,7 +317,7 @@ impl<'a> Fields<'a> {
 
     fn boolean(&self, field: &str) -> Result<Option<bool>, Rejection> {
         match self.map.get(field) {
-            None => Ok(None),
+            None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(self.err(
                 field,

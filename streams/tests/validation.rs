@@ -4,7 +4,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use truebit_streams::{
-    validate, Continent, Digest, EventKind, ExecutionTime, Location, Magnitude, Reason, Rejection,
+    validate, Continent, Digest, EventKind, ExecutionTime, Heartbeat, Location, Magnitude, Outcome,
+    Reason, Rejection,
 };
 
 const TASK: &str = "dc5bd914475128116974a3e7e7c848deca52b87aea9f8f3e31f7511b993a582b";
@@ -134,6 +135,261 @@ fn invoices_normalise_numeric_chains_and_accept_a_null_task() {
     assert_eq!(inv.task, None);
     assert_eq!(inv.steps_computed, Some(Magnitude::Over100M));
     assert_eq!(inv.memory_used, None);
+}
+
+/// Where an optional field sits: `(true, name)` in `data`, `(false, name)` at the top level.
+type Optional = (bool, &'static str);
+
+/// One valid message of each type with every optional field known, and those fields.
+fn fully_known() -> Vec<(&'static str, Value, Vec<Optional>)> {
+    let heartbeat_fields = [
+        "status",
+        "totalTasksBucket",
+        "activeTasksBucket",
+        "continentBucket",
+        "locationBucket",
+    ];
+    let mut top_heartbeat = envelope("heartbeat", json!({}));
+    for (field, label) in heartbeat_fields
+        .iter()
+        .zip(["online", "1-10", "1", "EU", "52.5,13.5"])
+    {
+        top_heartbeat[*field] = json!(label);
+    }
+    let in_data = |fields: &[&'static str]| fields.iter().map(|f| (true, *f)).collect::<Vec<_>>();
+    vec![
+        (
+            "truebit.tasks.received",
+            envelope(
+                "task_received",
+                json!({"taskIdHash": TASK, "chainId": "137", "taskType": "wasm"}),
+            ),
+            in_data(&["chainId", "taskType"]),
+        ),
+        (
+            "truebit.tasks.completed",
+            envelope(
+                "task_completed",
+                json!({"taskIdHash": TASK, "success": true, "status": "completed",
+                    "executionTimeBucket": "1-5s", "gasUsedBucket": "<100K", "cached": false}),
+            ),
+            in_data(&[
+                "success",
+                "status",
+                "executionTimeBucket",
+                "gasUsedBucket",
+                "cached",
+            ]),
+        ),
+        (
+            "truebit.heartbeat",
+            envelope(
+                "heartbeat",
+                json!({"status": "online", "totalTasksBucket": ">1K", "activeTasksBucket": "0",
+                    "continentBucket": "NA", "locationBucket": "40.7,-74.0"}),
+            ),
+            in_data(&heartbeat_fields),
+        ),
+        (
+            "truebit.heartbeat",
+            top_heartbeat,
+            heartbeat_fields.iter().map(|f| (false, *f)).collect(),
+        ),
+        (
+            "truebit.invoices.created",
+            envelope(
+                "invoice_created",
+                json!({"invoiceIdHash": TASK, "taskIdHash": TASK, "chainId": 5,
+                    "stepsComputedBucket": "1M-10M", "memoryUsedBucket": "<64MB",
+                    "operation": "compute"}),
+            ),
+            in_data(&[
+                "taskIdHash",
+                "chainId",
+                "stepsComputedBucket",
+                "memoryUsedBucket",
+                "operation",
+            ]),
+        ),
+        (
+            "truebit.nodes.joined",
+            envelope("node_joined", json!({"status": "online"})),
+            in_data(&["status"]),
+        ),
+        (
+            "truebit.nodes.left",
+            envelope("node_left", json!({"status": "offline"})),
+            in_data(&["status"]),
+        ),
+    ]
+}
+
+#[test]
+fn null_in_any_optional_field_means_not_known_as_if_it_were_missing() {
+    for (subject, full, fields) in fully_known() {
+        let known = check(subject, &full).unwrap();
+        // `Some(value)` sets the field, `None` removes it.
+        let with = |nested: bool, field: &str, value: Option<Value>| {
+            let mut v = full.clone();
+            let map = if nested { &mut v["data"] } else { &mut v };
+            let map = map.as_object_mut().unwrap();
+            match value {
+                Some(value) => map.insert(field.to_owned(), value),
+                None => map.remove(field),
+            };
+            v
+        };
+        for &(nested, field) in &fields {
+            // Given a valid message, when one optional field is null,
+            let nulled = with(nested, field, Some(Value::Null));
+            let missing = with(nested, field, None);
+            let read = check(subject, &nulled).unwrap_or_else(|r| panic!("{field}: {r}"));
+            // then it is accepted exactly as if the field were missing, and that field only is
+            // no longer known.
+            assert_eq!(Ok(&read), check(subject, &missing).as_ref(), "{field}");
+            assert_ne!(read, known, "{field} was known before it was null");
+        }
+        // All of them at once.
+        let mut all_null = full.clone();
+        for &(nested, field) in &fields {
+            let map = if nested {
+                &mut all_null["data"]
+            } else {
+                &mut all_null
+            };
+            map[field] = Value::Null;
+        }
+        let read = check(subject, &all_null).unwrap();
+        assert_eq!(read.node_id, NODE);
+        let nothing_known = match read.kind {
+            EventKind::TaskReceived {
+                chain_id,
+                task_type,
+                ..
+            } => chain_id.is_none() && task_type.is_none(),
+            EventKind::TaskCompleted { outcome, .. } => outcome == Outcome::default(),
+            EventKind::HeartbeatReported(hb) => hb == Heartbeat::default(),
+            EventKind::InvoiceCreated(inv) => {
+                inv.task.is_none()
+                    && inv.chain_id.is_none()
+                    && inv.steps_computed.is_none()
+                    && inv.memory_used.is_none()
+                    && inv.operation.is_none()
+            }
+            EventKind::NodeJoined { status } | EventKind::NodeLeft { status } => status.is_none(),
+        };
+        assert!(nothing_known, "{subject}: {all_null}");
+    }
+}
+
+#[test]
+fn null_data_is_absent_data() {
+    // A heartbeat or a node event needs no data: null data is accepted, with nothing known.
+    let nothing = [
+        EventKind::HeartbeatReported(Heartbeat::default()),
+        EventKind::NodeJoined { status: None },
+        EventKind::NodeLeft { status: None },
+    ];
+    for ((subject, ty), expected) in [
+        ("truebit.heartbeat", "heartbeat"),
+        ("truebit.nodes.joined", "node_joined"),
+        ("truebit.nodes.left", "node_left"),
+    ]
+    .into_iter()
+    .zip(nothing)
+    {
+        assert_eq!(
+            check(subject, &envelope(ty, json!(null))).unwrap().kind,
+            expected
+        );
+    }
+    // A heartbeat with null data reads its fields at the top level.
+    let mut hb = envelope("heartbeat", json!(null));
+    hb["continentBucket"] = json!("AS");
+    let EventKind::HeartbeatReported(read) = check("truebit.heartbeat", &hb).unwrap().kind else {
+        panic!("not a heartbeat")
+    };
+    assert_eq!(read.continent, Some(Continent::Asia));
+    // A task or invoice event with null data lacks its required hash.
+    let task = envelope("task_received", json!(null));
+    assert_eq!(
+        schema_path("truebit.tasks.received", &task),
+        "$.data.taskIdHash"
+    );
+    let done = envelope("task_completed", json!(null));
+    assert_eq!(
+        schema_path("truebit.tasks.completed", &done),
+        "$.data.taskIdHash"
+    );
+    let invoice = envelope("invoice_created", json!(null));
+    assert_eq!(
+        schema_path("truebit.invoices.created", &invoice),
+        "$.data.invoiceIdHash"
+    );
+}
+
+#[test]
+fn a_heartbeat_field_null_in_data_wins_over_the_top_level() {
+    // Given a heartbeat with a field at the top level, when data holds that field as null,
+    // then the field is not known: data's word, even null, is the one that counts.
+    let mut hb = envelope(
+        "heartbeat",
+        json!({"continentBucket": null, "status": null}),
+    );
+    hb["continentBucket"] = json!("EU");
+    hb["status"] = json!("online");
+    let EventKind::HeartbeatReported(read) = check("truebit.heartbeat", &hb).unwrap().kind else {
+        panic!("not a heartbeat")
+    };
+    assert_eq!(read.continent, None);
+    assert_eq!(read.status, None);
+}
+
+#[test]
+fn null_in_a_required_field_is_a_schema_error_at_its_path() {
+    let cases = [
+        ("truebit.tasks.received", "task_received", false, "version"),
+        ("truebit.tasks.received", "task_received", false, "type"),
+        (
+            "truebit.tasks.received",
+            "task_received",
+            false,
+            "timestamp",
+        ),
+        ("truebit.tasks.received", "task_received", false, "nodeId"),
+        (
+            "truebit.tasks.received",
+            "task_received",
+            true,
+            "taskIdHash",
+        ),
+        (
+            "truebit.tasks.completed",
+            "task_completed",
+            true,
+            "taskIdHash",
+        ),
+        (
+            "truebit.invoices.created",
+            "invoice_created",
+            true,
+            "invoiceIdHash",
+        ),
+        ("truebit.heartbeat", "heartbeat", false, "nodeId"),
+        ("truebit.nodes.left", "node_left", false, "timestamp"),
+    ];
+    for (subject, ty, nested, field) in cases {
+        let mut v = envelope(ty, json!({"taskIdHash": TASK, "invoiceIdHash": TASK}));
+        assert!(check(subject, &v).is_ok(), "{ty} is valid before the edit");
+        let path = if nested {
+            v["data"][field] = Value::Null;
+            format!("$.data.{field}")
+        } else {
+            v[field] = Value::Null;
+            format!("$.{field}")
+        };
+        assert_eq!(schema_path(subject, &v), path);
+    }
 }
 
 #[test]
@@ -293,8 +549,9 @@ fn schema_errors_name_the_first_bad_field() {
         schema_path(s, &with(&|v| v["timestamp"] = json!(1700000000))),
         "$.timestamp"
     );
+    assert_eq!(schema_path(s, &with(&|v| v["data"] = json!([]))), "$.data");
     assert_eq!(
-        schema_path(s, &with(&|v| v["data"] = json!(null))),
+        schema_path(s, &with(&|v| v["data"] = json!("text"))),
         "$.data"
     );
     assert_eq!(
@@ -317,7 +574,7 @@ fn schema_errors_name_the_first_bad_field() {
         "$.data.chainId"
     );
     assert_eq!(
-        schema_path(s, &with(&|v| v["data"]["chainId"] = json!(null))),
+        schema_path(s, &with(&|v| v["data"]["chainId"] = json!(true))),
         "$.data.chainId"
     );
     assert_eq!(
@@ -350,7 +607,7 @@ fn schema_errors_name_the_first_bad_field() {
     v["data"]["success"] = json!("true");
     assert_eq!(schema_path(c, &v), "$.data.success");
     let mut v = done.clone();
-    v["data"]["cached"] = json!(null);
+    v["data"]["cached"] = json!(0);
     assert_eq!(schema_path(c, &v), "$.data.cached");
     let mut v = done.clone();
     v["data"]["executionTimeBucket"] = json!("2-3s");
