@@ -149,6 +149,12 @@ fn replacement() -> impl Strategy<Value = Value> {
         1 => Just(json!("2.0")),
         1 => Just(json!("heartbeat")),
         1 => Just(json!("12345678901234567890")),
+        1 => Just(json!(u64::MAX)),
+        1 => Just(json!(137.0)),
+        1 => Just(json!("137.0")),
+        1 => Just(json!("137.00")),
+        1 => Just(json!("137.")),
+        1 => Just(json!("-0")),
         1 => Just(json!("123456789012345678901")),
         1 => Just(json!("90.0,180.0")),
         1 => Just(json!("-0.0,0.0")),
@@ -206,6 +212,9 @@ fn text_edit(text: &str, edit: u8) -> String {
         14 => text.replacen('}', ",\"big\":1e400}", 1),
         15 => text.replacen('}', ",\"big\":1.7976931348623158e308}", 1),
         16 => text.replacen('}', ",\"odd\":\"\\udc00\"}", 1),
+        // Numbers no `Value` writes this way.
+        17 => text.replacen("\"chainId\":\"1\"", "\"chainId\":-0", 1),
+        18 => text.replacen("\"chainId\":137", "\"chainId\":1.37e2", 1),
         _ => text.to_string(),
     }
 }

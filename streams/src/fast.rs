@@ -12,7 +12,7 @@
 
 use crate::event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Outcome};
 use crate::labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
-use crate::rules::{chain_digits, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
+use crate::rules::{chain_from_text, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
 use crate::subjects::{self, EventType};
 use chrono::{DateTime, Utc};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -146,13 +146,14 @@ impl<'a> Slot<'a> {
     }
 
     fn chain_id(self) -> Option<Option<String>> {
-        let digits = match self {
-            Slot::Absent | Slot::Null => return Some(None),
-            Slot::Str(s) => s.to_owned(),
-            Slot::Unsigned(n) => n.to_string(),
-            _ => return None,
-        };
-        chain_digits(&digits).then_some(Some(digits))
+        match self {
+            Slot::Absent | Slot::Null => Some(None),
+            Slot::Str(s) => chain_from_text(s).map(|digits| Some(digits.to_owned())),
+            // serde_json hands over a u64 only for an integer written without sign, fraction or
+            // exponent, as the reference's reader does; the rest steps aside.
+            Slot::Unsigned(n) => Some(Some(n.to_string())),
+            _ => None,
+        }
     }
 
     fn word(self) -> Option<Option<String>> {

@@ -61,9 +61,13 @@ pub(crate) fn word(s: &str) -> Option<String> {
     ok.then_some(lower)
 }
 
-/// A chain id's digits: 1–20 decimal digits.
-pub(crate) fn chain_digits(digits: &str) -> bool {
-    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
+/// A chain id sent as a string, as the digits it stands for: 1–20 decimal digits, or such digits
+/// followed by exactly `.0`, which today's monitor sends when its log held the id as a number
+/// (`"137.0"` is chain `137`). Nothing else is a chain id: not `"-0"`, `"137.00"` or `"137."`.
+pub(crate) fn chain_from_text(s: &str) -> Option<&str> {
+    let digits = s.strip_suffix(".0").unwrap_or(s);
+    let ok = (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    ok.then_some(digits)
 }
 
 pub(crate) fn valid_node_id(s: &str) -> bool {

@@ -8,7 +8,7 @@ use crate::event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Outco
 use crate::json;
 use crate::labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 use crate::rejection::{Reason, Rejection};
-use crate::rules::{chain_digits, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
+use crate::rules::{chain_from_text, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
 use crate::subjects::{self, EventType};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -262,37 +262,41 @@ impl<'a> Fields<'a> {
         })
     }
 
-    /// A chain id: 1–20 decimal digits, as a string or a non-negative integer.
+    /// A chain id: 1–20 decimal digits as a string (with `.0` allowed after them), or a JSON
+    /// integer from 0 to 2^64 − 1; either way the event holds the digits.
     fn chain_id(&self, field: &str) -> Result<Option<String>, Rejection> {
         let v = match self.map.get(field) {
             None | Some(Value::Null) => return Ok(None),
             Some(v) => v,
         };
-        let digits = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => match n.as_u64() {
-                Some(n) => n.to_string(),
-                None => {
-                    return Err(self.err(
+        match v {
+            Value::String(s) => chain_from_text(s)
+                .map(|digits| Some(digits.to_owned()))
+                .ok_or_else(|| {
+                    self.err(
                         field,
-                        format!("{field} must be a non-negative integer, not {n}"),
-                    ))
-                }
-            },
-            other => {
-                return Err(self.err(
+                        format!(
+                            "{field} must be 1-20 decimal digits (optionally followed by \".0\"), not {s:?}"
+                        ),
+                    )
+                }),
+            // "A JSON integer from 0 to 2^64 - 1": the reader keeps a number as a u64 only when
+            // it is written as one, without sign, fraction or exponent, and in that range. So
+            // 137.0, 1e2, -0 and 2^64 are refused rather than read as integers: none is what
+            // today's monitor sends, and a double cannot say which integer it meant above 2^53.
+            Value::Number(n) => n.as_u64().map(|n| Some(n.to_string())).ok_or_else(|| {
+                self.err(
                     field,
-                    format!("{field} must be a string of digits, not {}", kind_of(other)),
-                ))
-            }
-        };
-        if !chain_digits(&digits) {
-            return Err(self.err(
+                    format!(
+                        "{field} must be an integer from 0 to 2^64-1 written without fraction or exponent, not {n}"
+                    ),
+                )
+            }),
+            other => Err(self.err(
                 field,
-                format!("{field} must be 1-20 decimal digits, not {digits:?}"),
-            ));
+                format!("{field} must be a string of digits or an integer, not {}", kind_of(other)),
+            )),
         }
-        Ok(Some(digits))
     }
 
     /// A short lower-case word (`taskType`, `operation`, `status`), lower-cased.

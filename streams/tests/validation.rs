@@ -392,6 +392,78 @@ fn null_in_a_required_field_is_a_schema_error_at_its_path() {
     }
 }
 
+/// The chain a task_received message with `"chainId":<written>` (JSON text) is read with.
+fn chain_of(written: &str) -> Result<Option<String>, Rejection> {
+    match check_text(&task_text("", &format!(r#","chainId":{written}"#)))?.kind {
+        EventKind::TaskReceived { chain_id, .. } => Ok(chain_id),
+        other => panic!("not a task_received: {other:?}"),
+    }
+}
+
+#[test]
+fn a_chain_id_is_digits_or_an_unsigned_64_bit_integer_and_is_kept_as_digits() {
+    for (written, chain) in [
+        (r#""137""#, "137"),
+        // Today's monitor writes "137.0" when its log held the id as a number.
+        (r#""137.0""#, "137"),
+        (r#""0.0""#, "0"),
+        ("137", "137"),
+        ("0", "0"),
+        // Above 2^63, where a signed reading would end.
+        ("9223372036854775808", "9223372036854775808"),
+        ("18446744073709551615", "18446744073709551615"),
+        (r#""18446744073709551615""#, "18446744073709551615"),
+        (r#""99999999999999999999""#, "99999999999999999999"),
+        (r#""99999999999999999999.0""#, "99999999999999999999"),
+    ] {
+        assert_eq!(chain_of(written), Ok(Some(chain.into())), "{written}");
+    }
+    // An invoice reads its chain by the same rule.
+    let mut inv = envelope("invoice_created", json!({"invoiceIdHash": TASK}));
+    inv["data"]["chainId"] = json!(18446744073709551615u64);
+    let EventKind::InvoiceCreated(read) = check("truebit.invoices.created", &inv).unwrap().kind
+    else {
+        panic!("not an invoice")
+    };
+    assert_eq!(read.chain_id.as_deref(), Some("18446744073709551615"));
+}
+
+#[test]
+fn anything_else_as_a_chain_id_is_a_schema_error() {
+    for written in [
+        // One past 2^64 - 1; -0 is not a chain, as a number or as a string.
+        "18446744073709551616",
+        "-0",
+        r#""-0""#,
+        "-1",
+        // Only exactly ".0" after the digits.
+        r#""137.00""#,
+        r#""137.""#,
+        r#"".0""#,
+        r#""137.5""#,
+        // A JSON integer is written as one: no fraction, no exponent.
+        "137.0",
+        "1e2",
+        "1E2",
+        "137e0",
+        r#""1e2""#,
+        r#""+137""#,
+        r#"" 137""#,
+        r#""0x89""#,
+        r#""""#,
+        r#""123456789012345678901""#,
+        "true",
+        "[137]",
+    ] {
+        let r = chain_of(written).expect_err(written);
+        assert_eq!(
+            (r.reason, r.path.as_deref()),
+            (Reason::Schema, Some("$.data.chainId")),
+            "{written}: {r}"
+        );
+    }
+}
+
 #[test]
 fn size_is_checked_before_anything_else() {
     let big = vec![b'x'; 8 * 1024 + 1];
