@@ -40,15 +40,10 @@ pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i6
     Ok(time.timestamp().div_euclid(60))
 }
 
-/// Whether `version` has major 1.
+/// Whether `version` has major 1: the text before the first `.` is exactly `1`. Read as text,
+/// not as a number, so that `"+1.0"`, `"01.0"` and `" 1"` are not taken for version 1.
 pub(crate) fn major_is_one(version: &str) -> bool {
-    version
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .parse::<u64>()
-        .ok()
-        == Some(1)
+    version.split('.').next() == Some("1")
 }
 
 /// `taskType`, `operation`, `status`: lower-cased, then 1–32 characters of `[a-z0-9_-]`.

@@ -84,7 +84,7 @@ fn check_schema(
     if !major_is_one(version) {
         return Err(Rejection::schema(
             "$.version",
-            format!("version {version:?} has major other than 1"),
+            format!("version {version:?} does not have major 1 (the text before the first '.' must be exactly \"1\")"),
         ));
     }
     let ty = required_str(envelope, "type", "$.type")?;

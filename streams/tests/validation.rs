@@ -465,6 +465,28 @@ fn anything_else_as_a_chain_id_is_a_schema_error() {
 }
 
 #[test]
+fn version_needs_major_exactly_1_as_text() {
+    let with_version = |version: &str| {
+        let mut v = envelope("heartbeat", json!({}));
+        v["version"] = json!(version);
+        check("truebit.heartbeat", &v)
+    };
+    for ok in ["1", "1.0", "1.7.3"] {
+        assert!(with_version(ok).is_ok(), "{ok:?} has major 1");
+    }
+    for bad in [
+        "+1.0", "01.0", " 1", "+1", "1 .0", "-1", "2.0", "10", "", ".1", "1e0", "１.0",
+    ] {
+        let r = with_version(bad).expect_err(bad);
+        assert_eq!(
+            (r.reason, r.path.as_deref()),
+            (Reason::Schema, Some("$.version")),
+            "{bad:?}: {r}"
+        );
+    }
+}
+
+#[test]
 fn size_is_checked_before_anything_else() {
     let big = vec![b'x'; 8 * 1024 + 1];
     assert_eq!(
