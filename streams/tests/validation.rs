@@ -771,6 +771,87 @@ fn clock_checks_come_after_schema_and_use_the_stored_time() {
     );
 }
 
+/// The task_received message with `timestamp` as given, judged at stored() (08:03 UTC).
+fn at(ts: &str) -> Result<truebit_streams::Event, Rejection> {
+    let mut v = envelope("task_received", json!({"taskIdHash": TASK}));
+    v["timestamp"] = json!(ts);
+    check("truebit.tasks.received", &v)
+}
+
+fn assert_clock(ts: &str) {
+    let r = at(ts).expect_err(ts);
+    assert_eq!(
+        (r.reason, r.path.as_deref()),
+        (Reason::Clock, None),
+        "{ts}: {r}"
+    );
+}
+
+fn minute_of(ts: &str) -> i64 {
+    let e = at(ts).unwrap_or_else(|r| panic!("{ts}: {r}"));
+    e.minute
+}
+
+#[test]
+fn timestamps_are_rfc_3339_date_times_by_the_abnf_and_nothing_looser() {
+    let eight = Utc
+        .with_ymd_and_hms(2026, 11, 2, 8, 0, 0)
+        .unwrap()
+        .timestamp()
+        / 60;
+    // Given a valid message, when its timestamp spells 08:00 UTC in any way the ABNF allows,
+    // then it is read as that minute.
+    for ts in [
+        "2026-11-02T08:00:00Z",
+        "2026-11-02t08:00:00Z",
+        "2026-11-02T08:00:00z",
+        "2026-11-02t08:00:00.000z",
+        "2026-11-02T08:00:59.999999999999Z",
+        "2026-11-02T13:30:00+05:30",
+        "2026-11-02T13:30:00.0+05:30",
+        "2026-11-02T03:00:00-05:00",
+        "2026-11-02T08:00:00-00:00",
+    ] {
+        assert_eq!(minute_of(ts), eight, "{ts}");
+    }
+    // When it is looser than the ABNF, then it is a clock error, as a time that cannot be read.
+    for ts in [
+        "2026-11-02 08:00:00Z",
+        "2026-11-02 08:00:00.000Z",
+        "2026-11-02T07:59:60Z",
+        "2026-11-02T08:00:00.Z",
+        "2026-02-30T08:00:00Z",
+        "2026-02-29T08:00:00Z",
+        "2026-11-31T08:00:00Z",
+        "2026-11-02T24:00:00Z",
+        "2026-11-02T08:00:00",
+        "2026-11-02T08:00:00+0530",
+        "2026-11-02T08:00:00+05:30:00",
+        "2026-11-02",
+        "1762070400",
+    ] {
+        assert_clock(ts);
+    }
+    // A leap day that exists is a day like any other.
+    let mut v = envelope("task_received", json!({"taskIdHash": TASK}));
+    v["timestamp"] = json!("2024-02-29T12:00:00Z");
+    assert!(check("truebit.tasks.received", &v).is_ok());
+}
+
+#[test]
+fn the_five_minute_bound_is_exact_to_the_last_fraction_digit() {
+    // stored() is 08:03; 08:08 is the last instant allowed, however it is written.
+    assert!(at("2026-11-02T08:08:00Z").is_ok());
+    assert!(at("2026-11-02T08:08:00.000000000000Z").is_ok());
+    assert!(at("2026-11-02T13:38:00+05:30").is_ok());
+    assert_clock("2026-11-02T08:08:00.000000001Z");
+    assert_clock("2026-11-02T08:08:00.0000000000001Z");
+    assert_clock("2026-11-02T13:38:00.1+05:30");
+    // Before 2020 is refused whatever the offset says the local date was.
+    assert_clock("2020-01-01T00:59:59+01:00");
+    assert!(at("2020-01-01T01:00:00+01:00").is_ok());
+}
+
 #[test]
 fn event_time_is_floored_to_the_minute() {
     let mut v = envelope("heartbeat", json!({}));
