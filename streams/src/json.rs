@@ -10,6 +10,7 @@
 
 use serde_json::{Map, Number, Value};
 use std::fmt;
+use std::ops::Range;
 
 /// The deepest nesting of arrays and objects a message may have; the top-level object is 1.
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -37,17 +38,29 @@ impl fmt::Display for Malformed {
 /// double (one that rounds to infinity) is malformed; one that rounds to zero is not: it is in
 /// range, merely small.
 pub(crate) fn parse(text: &str) -> Result<Value, Malformed> {
-    let mut reader = Reader {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-    };
+    let mut reader = Reader::new(text);
     let value = reader.value(0)?;
-    reader.whitespace();
-    if reader.pos != text.len() {
-        return Err(reader.fail_here("more text follows the JSON value"));
-    }
+    reader.end()?;
     Ok(value)
+}
+
+/// A member of an object: its key (escapes resolved) and the byte range of its value's text.
+pub(crate) type Member = (String, Range<usize>);
+
+/// The members of the object `text` holds, read as [`parse`] reads it, in the order sent.
+/// `Ok(None)` when the text is JSON but not an object.
+pub(crate) fn members(text: &str) -> Result<Option<Vec<Member>>, Malformed> {
+    let mut reader = Reader::new(text);
+    reader.whitespace();
+    let mut members = Vec::new();
+    let is_object = reader.peek() == Some(b'{');
+    if is_object {
+        reader.object(1, |key, span| members.push((key.to_owned(), span)))?;
+    } else {
+        reader.value(0)?;
+    }
+    reader.end()?;
+    Ok(is_object.then_some(members))
 }
 
 struct Reader<'a> {
@@ -56,7 +69,23 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(text: &'a str) -> Self {
+        Reader {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+        }
+    }
+
+    fn end(&mut self) -> Result<(), Malformed> {
+        self.whitespace();
+        if self.pos != self.text.len() {
+            return Err(self.fail_here("more text follows the JSON value"));
+        }
+        Ok(())
+    }
+
     fn fail(&self, offset: usize, problem: impl Into<String>) -> Malformed {
         Malformed {
             offset,
@@ -91,7 +120,7 @@ impl Reader<'_> {
     fn value(&mut self, depth: usize) -> Result<Value, Malformed> {
         self.whitespace();
         match self.peek() {
-            Some(b'{') => self.object(depth + 1),
+            Some(b'{') => self.object(depth + 1, |_, _| ()),
             Some(b'[') => self.array(depth + 1),
             Some(b'"') => self.string().map(Value::String),
             Some(b't') => self.literal("true", Value::Bool(true)),
@@ -120,7 +149,12 @@ impl Reader<'_> {
         Ok(value)
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, Malformed> {
+    /// An object; `member` hears of each key and the range of its value's text.
+    fn object(
+        &mut self,
+        depth: usize,
+        mut member: impl FnMut(&str, Range<usize>),
+    ) -> Result<Value, Malformed> {
         self.enter(depth)?;
         self.pos += 1;
         let mut map = Map::new();
@@ -143,7 +177,10 @@ impl Reader<'_> {
             if !self.eat(b':') {
                 return Err(self.fail_here("expected ':' after a key"));
             }
+            self.whitespace();
+            let start = self.pos;
             let value = self.value(depth)?;
+            member(&key, start..self.pos);
             map.insert(key, value);
             self.whitespace();
             if self.eat(b',') {
@@ -424,6 +461,23 @@ mod tests {
         ] {
             assert!(parse(text).is_err(), "{text:?} should be refused");
         }
+    }
+
+    #[test]
+    fn members_are_the_top_level_keys_with_their_text_as_sent() {
+        let text = r#" {"a" : 1e2 ,"\u0062":{"c":[1]},"d":"\u0041"} "#;
+        let found = members(text).unwrap().unwrap();
+        let read: Vec<(&str, &str)> = found
+            .iter()
+            .map(|(k, span)| (k.as_str(), &text[span.clone()]))
+            .collect();
+        assert_eq!(
+            read,
+            [("a", "1e2"), ("b", r#"{"c":[1]}"#), ("d", r#""\u0041""#)]
+        );
+        assert_eq!(members("[1]"), Ok(None));
+        assert!(members(r#"{"a":1,"a":2}"#).is_err());
+        assert!(members(r#"{"a":1} x"#).is_err());
     }
 
     #[test]

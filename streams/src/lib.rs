@@ -6,7 +6,9 @@
 //!   contract names: everything else a node sends (today's monitor adds `blockHash`, exact task
 //!   counts, …) is dropped here.
 //! - [`topology`] creates the streams, the durable consumer and the KV bucket, idempotently.
-//! - [`DeadLetter`] is the shape of a rejected message on `truebit.dlq.<reason>`.
+//! - [`DeadLetter`] is the shape of a rejected message on `truebit.dlq.<reason>`, and
+//!   [`contract_fields`] the body a dead letter may keep of a node's message that could be read:
+//!   only the fields the contract names.
 //!
 //! ```
 //! use chrono::Utc;
@@ -31,6 +33,7 @@ mod event;
 mod fast;
 mod json;
 mod labels;
+mod redact;
 mod rejection;
 mod rules;
 pub mod subjects;
@@ -43,6 +46,7 @@ pub use dead_letter::{
 };
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
+pub use redact::contract_fields;
 pub use rejection::{Reason, Rejection};
 pub use rules::{MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
 pub use validate::validate;
