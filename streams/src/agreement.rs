@@ -130,6 +130,41 @@ fn the_fast_path_takes_null_in_optional_fields_and_as_data() {
     assert_eq!(taken, 9);
 }
 
+/// The fast path remembers the first unnamed keys of an object on the stack and the rest on the
+/// heap: a key twice is caught wherever the two fall.
+#[test]
+fn the_fast_path_steps_aside_on_a_key_twice_however_many_keys_come_between() {
+    let at = DateTime::parse_from_rfc3339("2026-11-02T08:01:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let message = |extra: &[String]| {
+        format!(
+            r#"{{"version":"1.0","type":"node_joined","timestamp":"2026-11-02T08:00:00Z","nodeId":"n",{}"data":{{{}"status":"online"}}}}"#,
+            extra
+                .iter()
+                .map(|k| format!(r#""{k}":0,"#))
+                .collect::<String>(),
+            extra
+                .iter()
+                .map(|k| format!(r#""{k}":{{"{k}":0}},"#))
+                .collect::<String>(),
+        )
+    };
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let subject = "truebit.nodes.joined";
+    assert!(accept(subject, message(&keys).as_bytes(), at).is_some());
+    for (a, b) in [(0, 1), (0, 11), (7, 8), (8, 11), (10, 11)] {
+        let mut twice = keys.clone();
+        twice[b] = twice[a].clone();
+        let payload = message(&twice);
+        assert_eq!(accept(subject, payload.as_bytes(), at), None, "{a}, {b}");
+        assert_eq!(
+            reference(subject, payload.as_bytes(), at).map_err(|r| r.reason),
+            Err(crate::Reason::Malformed)
+        );
+    }
+}
+
 /// Values that break one rule or another, or none.
 fn replacement() -> impl Strategy<Value = Value> {
     prop_oneof![

@@ -264,16 +264,26 @@ impl<'de> Deserialize<'de> for Skipped {
 
 /// The keys of one object that no slot holds. A key met twice fails the parse (the reference
 /// calls it `malformed`, in an ignored field too); keys are read borrowed, so never escaped, and
-/// equal text means equal keys. Objects have a few such keys, so a scan beats a hash.
+/// equal text means equal keys. An object of today's monitor has three such keys at most, so the
+/// first few are kept on the stack and scanned: no allocation, no hashing.
 #[derive(Default)]
-struct Unnamed<'de>(Vec<&'de str>);
+struct Unnamed<'de> {
+    first: [&'de str; 8],
+    count: usize,
+    rest: Vec<&'de str>,
+}
 
 impl<'de> Unnamed<'de> {
     fn skip<A: MapAccess<'de>>(&mut self, key: &'de str, map: &mut A) -> Result<(), A::Error> {
-        if self.0.contains(&key) {
+        let first = &self.first[..self.count.min(self.first.len())];
+        if first.contains(&key) || self.rest.contains(&key) {
             return Err(de::Error::custom("a key named twice"));
         }
-        self.0.push(key);
+        match self.first.get_mut(self.count) {
+            Some(free) => *free = key,
+            None => self.rest.push(key),
+        }
+        self.count += 1;
         map.next_value::<Skipped>()?;
         Ok(())
     }
