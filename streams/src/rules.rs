@@ -25,9 +25,10 @@ pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i6
     if time < earliest {
         return Err(clock(format!("timestamp {timestamp} is before 2020-01-01")));
     }
-    let latest = stored_at + Duration::seconds(MAX_CLOCK_SKEW_SECS);
-    if time > latest || (time == latest && finer) {
-        let skew = (time - stored_at).num_seconds();
+    let ahead = time - stored_at;
+    let limit = Duration::seconds(MAX_CLOCK_SKEW_SECS);
+    if ahead > limit || (ahead == limit && finer) {
+        let skew = ahead.num_seconds();
         return Err(clock(format!(
             "timestamp {timestamp} is {skew} s after the message was stored; at most {MAX_CLOCK_SKEW_SECS} s is allowed"
         )));
