@@ -4,8 +4,8 @@ use crate::names::{
     HEADER_DLQ_DETAIL, HEADER_DLQ_PATH, HEADER_DLQ_REASON, HEADER_MSG_ID, HEADER_ORIGINAL_SEQ,
     HEADER_ORIGINAL_SUBJECT,
 };
-use crate::subjects::DLQ_PREFIX;
-use crate::validate::{Reason, Rejection};
+use crate::rejection::{Reason, Rejection};
+use crate::subjects::{ADMIN_PREFIX, DLQ_PREFIX};
 use serde::{Deserialize, Serialize};
 
 /// A `too_large` or `malformed` dead letter keeps this much of the original body, as sent.
@@ -48,7 +48,7 @@ impl DeadLetter {
         DeadLetter {
             subject: format!("{DLQ_PREFIX}{}", rejection.reason),
             headers,
-            payload: kept_body(rejection.reason, original),
+            payload: kept_body(rejection.reason, original_subject, original),
         }
     }
 
@@ -68,8 +68,13 @@ pub fn msg_id(seq: u64) -> String {
 
 /// As much of the body as privacy allows: what cannot be read keeps its first KiB as sent (there
 /// are no fields to tell apart); what could be read keeps only the fields the contract names, so
-/// that a node's raw block data or exact counts never sit in the dead letters.
-fn kept_body(reason: Reason, original: &[u8]) -> Vec<u8> {
+/// that a node's raw block data or exact counts never sit in the dead letters. An operator event
+/// keeps its first KiB as sent whatever the reason: it holds public keys only, and the operator
+/// needs to see what was refused.
+fn kept_body(reason: Reason, original_subject: &str, original: &[u8]) -> Vec<u8> {
+    if original_subject.starts_with(ADMIN_PREFIX) {
+        return original[..original.len().min(KEEP_AS_SENT)].to_vec();
+    }
     match reason {
         Reason::TooLarge | Reason::Malformed => {
             original[..original.len().min(KEEP_AS_SENT)].to_vec()
@@ -87,4 +92,58 @@ fn header_safe(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(reason: Reason) -> Rejection {
+        Rejection {
+            reason,
+            path: Some("$.nodeId".into()),
+            detail: "a line\nthat ends early".into(),
+        }
+    }
+
+    const BODY: &[u8] = br#"{"version":"1.0","type":"heartbeat","nodeId":"bad node","blockHash":"0xsecret","data":{"status":"online","activeTasks":7}}"#;
+
+    #[test]
+    fn a_schema_dead_letter_keeps_only_the_named_fields_and_says_why_in_headers() {
+        let d = DeadLetter::new(&rejection(Reason::Schema), "truebit.heartbeat", 42, BODY);
+        assert_eq!(d.subject, "truebit.dlq.schema");
+        let body = String::from_utf8(d.payload.clone()).unwrap();
+        assert!(
+            body.contains("bad node") && body.contains("online"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("0xsecret") && !body.contains("activeTasks"),
+            "{body}"
+        );
+        assert_eq!(d.header("Nats-Msg-Id"), Some("dlq-42"));
+        assert_eq!(d.header("Truebit-Dlq-Reason"), Some("schema"));
+        assert_eq!(
+            d.header("Truebit-Original-Subject"),
+            Some("truebit.heartbeat")
+        );
+        assert_eq!(d.header("Truebit-Original-Seq"), Some("42"));
+        assert_eq!(d.header("Truebit-Dlq-Path"), Some("$.nodeId"));
+        assert_eq!(
+            d.header("Truebit-Dlq-Detail"),
+            Some("a line that ends early"),
+            "a header value is one line"
+        );
+    }
+
+    #[test]
+    fn unreadable_bodies_and_operator_events_keep_their_first_kib_as_sent() {
+        let long = [b'{'; 3000];
+        let d = DeadLetter::new(&rejection(Reason::Malformed), "truebit.heartbeat", 1, &long);
+        assert_eq!(d.payload.len(), KEEP_AS_SENT);
+        let d = DeadLetter::new(&rejection(Reason::TooLarge), "truebit.heartbeat", 1, &long);
+        assert_eq!(d.payload.len(), KEEP_AS_SENT);
+        let d = DeadLetter::new(&rejection(Reason::Schema), "truebit.admin.keys", 1, BODY);
+        assert_eq!(d.payload, BODY, "an operator event holds public keys only");
+    }
 }

@@ -7,7 +7,8 @@
 //!   contract names: everything else a node sends (today's monitor adds `blockHash`, exact task
 //!   counts, …) is dropped here.
 //! - [`DeadLetter`] is a rejected message as it goes to `truebit.dlq.<reason>`, keeping no more
-//!   of the body than privacy allows.
+//!   of the body than privacy allows: [`contract_fields`] is the body it may keep of a node's
+//!   message that could be read, only the fields the contract names.
 //! - [`Snapshot`] is the network snapshot as nodes read it, per [`Period`].
 //! - [`subjects`] and [`names`] spell every subject, stream, bucket, key and header.
 //!
@@ -27,12 +28,17 @@
 //! assert_eq!(wrong_subject.path.as_deref(), Some("$.type"));
 //! ```
 
+#[cfg(test)]
+mod agreement;
 mod dead_letter;
 mod event;
 mod fast;
+mod json;
 mod labels;
 pub mod names;
 mod redact;
+mod rejection;
+mod rules;
 mod stats;
 pub mod subjects;
 mod validate;
@@ -41,5 +47,7 @@ pub use dead_letter::{msg_id as dead_letter_msg_id, DeadLetter, KEEP_AS_SENT};
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 pub use redact::contract_fields;
+pub use rejection::{Reason, Rejection};
+pub use rules::{MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
 pub use stats::{rate, Period, Snapshot, StatsQuery, MAX_DISTINCT};
-pub use validate::{validate, Reason, Rejection, MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
+pub use validate::validate;

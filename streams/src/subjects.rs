@@ -11,6 +11,8 @@ pub const NODES_JOINED: &str = "truebit.nodes.joined";
 pub const NODES_LEFT: &str = "truebit.nodes.left";
 /// Operator events (the key registry of contract §7), in the same total order as node events.
 pub const ADMIN: &str = "truebit.admin.>";
+/// What every operator subject starts with.
+pub const ADMIN_PREFIX: &str = "truebit.admin.";
 
 /// The network snapshot, published every interval.
 pub const STATS_AGGREGATED: &str = "truebit.stats.aggregated";

@@ -5,96 +5,13 @@
 //! sends is dropped here and never reaches a projection.
 
 use crate::event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Outcome};
+use crate::json;
 use crate::labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
+use crate::rejection::{Reason, Rejection};
+use crate::rules::{chain_from_text, check_time, major_is_one, valid_node_id, word, MAX_PAYLOAD};
 use crate::subjects::{self, EventType};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use std::fmt;
-
-/// Payloads above this many bytes are dead-lettered as `too_large`.
-pub const MAX_PAYLOAD: usize = 8 * 1024;
-
-/// How far a node's clock may run ahead of the time JetStream stored its message.
-pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
-
-/// Why a message was refused: the `<reason>` of `truebit.dlq.<reason>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    TooLarge,
-    Malformed,
-    Schema,
-    Clock,
-    Unauthorized,
-    RateLimited,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::TooLarge,
-        Reason::Malformed,
-        Reason::Schema,
-        Reason::Clock,
-        Reason::Unauthorized,
-        Reason::RateLimited,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::TooLarge => "too_large",
-            Reason::Malformed => "malformed",
-            Reason::Schema => "schema",
-            Reason::Clock => "clock",
-            Reason::Unauthorized => "unauthorized",
-            Reason::RateLimited => "rate_limited",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A refused message: the reason, the JSON path of the first bad field (for `schema`), and a
-/// sentence for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: Reason,
-    pub path: Option<String>,
-    pub detail: String,
-}
-
-impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            path: None,
-            detail: detail.into(),
-        }
-    }
-
-    fn schema(path: impl Into<String>, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason: Reason::Schema,
-            path: Some(path.into()),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "{} at {}: {}", self.reason, path, self.detail),
-            None => write!(f, "{}: {}", self.reason, self.detail),
-        }
-    }
-}
 
 /// Validates one inbound message.
 ///
@@ -131,8 +48,12 @@ pub(crate) fn reference(
     }
     let text = std::str::from_utf8(payload)
         .map_err(|e| Rejection::new(Reason::Malformed, format!("payload is not UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(Reason::Malformed, format!("payload is not JSON: {e}")))?;
+    let value = json::parse(text).map_err(|e| {
+        Rejection::new(
+            Reason::Malformed,
+            format!("payload is not JSON as contract §4 reads it: {e}"),
+        )
+    })?;
     let Value::Object(envelope) = value else {
         return Err(Rejection::new(
             Reason::Malformed,
@@ -154,62 +75,6 @@ pub(crate) fn reference(
     })
 }
 
-/// The clock check: the envelope's timestamp as an event minute, or why it is refused.
-pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i64, Rejection> {
-    let time = DateTime::parse_from_rfc3339(timestamp)
-        .map_err(|e| {
-            Rejection::new(
-                Reason::Clock,
-                format!("timestamp {timestamp:?} is not RFC 3339: {e}"),
-            )
-        })?
-        .with_timezone(&Utc);
-    let earliest = Utc
-        .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
-        .single()
-        .expect("a valid date");
-    if time < earliest {
-        return Err(Rejection::new(
-            Reason::Clock,
-            format!("timestamp {timestamp} is before 2020-01-01"),
-        ));
-    }
-    let skew = (time - stored_at).num_seconds();
-    if time > stored_at && (time - stored_at) > chrono::Duration::seconds(MAX_CLOCK_SKEW_SECS) {
-        return Err(Rejection::new(
-            Reason::Clock,
-            format!("timestamp {timestamp} is {skew} s after the message was stored; at most {MAX_CLOCK_SKEW_SECS} s is allowed"),
-        ));
-    }
-    Ok(time.timestamp().div_euclid(60))
-}
-
-/// Whether `version` has major 1.
-pub(crate) fn major_is_one(version: &str) -> bool {
-    version
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .parse::<u64>()
-        .ok()
-        == Some(1)
-}
-
-/// `taskType`, `operation`, `status`: lower-cased, then 1–32 characters of `[a-z0-9_-]`.
-pub(crate) fn word(s: &str) -> Option<String> {
-    let lower = s.to_lowercase();
-    let ok = (1..=32).contains(&lower.len())
-        && lower
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    ok.then_some(lower)
-}
-
-/// A chain id's digits: 1–20 decimal digits.
-pub(crate) fn chain_digits(digits: &str) -> bool {
-    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
-}
-
 /// The schema checks, in the order a reader meets the fields.
 fn check_schema(
     envelope: &Map<String, Value>,
@@ -219,7 +84,7 @@ fn check_schema(
     if !major_is_one(version) {
         return Err(Rejection::schema(
             "$.version",
-            format!("version {version:?} has major other than 1"),
+            format!("version {version:?} does not have major 1 (the text before the first '.' must be exactly \"1\")"),
         ));
     }
     let ty = required_str(envelope, "type", "$.type")?;
@@ -242,9 +107,14 @@ fn check_schema(
     let timestamp = required_str(envelope, "timestamp", "$.timestamp")?;
 
     let data = match envelope.get("data") {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(Value::Object(data)) => Some(data),
-        Some(_) => return Err(Rejection::schema("$.data", "data must be an object")),
+        Some(_) => {
+            return Err(Rejection::schema(
+                "$.data",
+                "data must be an object (or null, or absent)",
+            ))
+        }
     };
     let needs_data = |field: &str| {
         data.ok_or_else(|| {
@@ -335,12 +205,6 @@ fn required_str<'a>(
     }
 }
 
-pub(crate) fn valid_node_id(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
 fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -353,6 +217,10 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// The fields of one JSON object, with the path that error messages name.
+///
+/// Every optional field reads `null` as "not known", as if it were missing (contract §3: today's
+/// monitor sends `"chainId": null` whenever its log nested the task's fields); only the required
+/// ones (`required_str`, `required_digest`) refuse it.
 struct Fields<'a> {
     map: &'a Map<String, Value>,
     prefix: &'static str,
@@ -394,43 +262,47 @@ impl<'a> Fields<'a> {
         })
     }
 
-    /// A chain id: 1–20 decimal digits, as a string or a non-negative integer.
+    /// A chain id: 1–20 decimal digits as a string (with `.0` allowed after them), or a JSON
+    /// integer from 0 to 2^64 − 1; either way the event holds the digits.
     fn chain_id(&self, field: &str) -> Result<Option<String>, Rejection> {
         let v = match self.map.get(field) {
-            None => return Ok(None),
+            None | Some(Value::Null) => return Ok(None),
             Some(v) => v,
         };
-        let digits = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => match n.as_u64() {
-                Some(n) => n.to_string(),
-                None => {
-                    return Err(self.err(
+        match v {
+            Value::String(s) => chain_from_text(s)
+                .map(|digits| Some(digits.to_owned()))
+                .ok_or_else(|| {
+                    self.err(
                         field,
-                        format!("{field} must be a non-negative integer, not {n}"),
-                    ))
-                }
-            },
-            other => {
-                return Err(self.err(
+                        format!(
+                            "{field} must be 1-20 decimal digits (optionally followed by \".0\"), not {s:?}"
+                        ),
+                    )
+                }),
+            // "A JSON integer from 0 to 2^64 - 1": the reader keeps a number as a u64 only when
+            // it is written as one, without sign, fraction or exponent, and in that range. So
+            // 137.0, 1e2, -0 and 2^64 are refused rather than read as integers: none is what
+            // today's monitor sends, and a double cannot say which integer it meant above 2^53.
+            Value::Number(n) => n.as_u64().map(|n| Some(n.to_string())).ok_or_else(|| {
+                self.err(
                     field,
-                    format!("{field} must be a string of digits, not {}", kind_of(other)),
-                ))
-            }
-        };
-        if !chain_digits(&digits) {
-            return Err(self.err(
+                    format!(
+                        "{field} must be an integer from 0 to 2^64-1 written without fraction or exponent, not {n}"
+                    ),
+                )
+            }),
+            other => Err(self.err(
                 field,
-                format!("{field} must be 1-20 decimal digits, not {digits:?}"),
-            ));
+                format!("{field} must be a string of digits or an integer, not {}", kind_of(other)),
+            )),
         }
-        Ok(Some(digits))
     }
 
     /// A short lower-case word (`taskType`, `operation`, `status`), lower-cased.
     fn word(&self, field: &str) -> Result<Option<String>, Rejection> {
         let v = match self.map.get(field) {
-            None => return Ok(None),
+            None | Some(Value::Null) => return Ok(None),
             Some(v) => v,
         };
         let Value::String(s) = v else {
@@ -449,7 +321,7 @@ impl<'a> Fields<'a> {
 
     fn boolean(&self, field: &str) -> Result<Option<bool>, Rejection> {
         match self.map.get(field) {
-            None => Ok(None),
+            None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(self.err(
                 field,
