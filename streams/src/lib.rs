@@ -10,6 +10,10 @@
 //!   of the body than privacy allows: [`contract_fields`] is the body it may keep of a node's
 //!   message that could be read, only the fields the contract names.
 //! - [`Snapshot`] is the network snapshot as nodes read it, per [`Period`].
+//! - [`read`] is the one reading of any stored message: a node's [`Event`] or an operator's
+//!   [`Operator`] event of the key registry (contract §7).
+//! - [`SigningKey`] signs a message and [`Verifier`] checks one: [`Signer`] is what the headers
+//!   show, before the registry is asked whether that key may publish.
 //! - [`subjects`] and [`names`] spell every subject, stream, bucket, key and header.
 //!
 //! ```
@@ -31,23 +35,32 @@
 #[cfg(test)]
 mod agreement;
 mod dead_letter;
+mod encode;
 mod event;
 mod fast;
 mod json;
 mod labels;
 pub mod names;
+mod operator;
 mod redact;
 mod rejection;
 mod rules;
+mod signature;
 mod stats;
 pub mod subjects;
 mod validate;
 
 pub use dead_letter::{msg_id as dead_letter_msg_id, DeadLetter, KEEP_AS_SENT};
+pub use encode::minute_timestamp;
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
+pub use operator::{
+    operator_payload, read, KeyGrant, Message, Mode, Operator, OperatorKind, Permissions,
+    DEFAULT_RATE_LIMIT, MAX_RATE_LIMIT,
+};
 pub use redact::contract_fields;
 pub use rejection::{Reason, Rejection};
 pub use rules::{MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
+pub use signature::{PublicKey, Signer, SigningKey, Verifier};
 pub use stats::{rate, Period, Snapshot, StatsQuery, MAX_DISTINCT};
 pub use validate::validate;

@@ -21,6 +21,10 @@ pub const LATEST_KEY: &str = "latest";
 /// On every published snapshot: the last stream sequence folded into it, so that a reader can
 /// tell how fresh it is.
 pub const HEADER_LAST_SEQ: &str = "Truebit-Last-Seq";
+/// A node's public key (contract §7), on every message it signs.
+pub const HEADER_KEY: &str = "Truebit-Key";
+/// The base64url (no padding) Ed25519 signature over `<subject>\n<payload>`.
+pub const HEADER_SIGNATURE: &str = "Truebit-Signature";
 /// JetStream's deduplication header.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 

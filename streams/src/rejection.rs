@@ -55,7 +55,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    /// A refusal without a field to point at: every reason but `schema`, which names one.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Rejection {
             reason,
             path: None,

@@ -13,11 +13,15 @@ pub const NODES_LEFT: &str = "truebit.nodes.left";
 pub const ADMIN: &str = "truebit.admin.>";
 /// What every operator subject starts with.
 pub const ADMIN_PREFIX: &str = "truebit.admin.";
+/// The key registry's events (contract §7): the one operator subject defined.
+pub const ADMIN_KEYS: &str = "truebit.admin.keys";
 
 /// The network snapshot, published every interval.
 pub const STATS_AGGREGATED: &str = "truebit.stats.aggregated";
 /// Request-reply: `stats` asks a running `serve` for a snapshot here.
 pub const STATS_QUERY: &str = "truebit.stats.query";
+/// Request-reply: `keys list` asks a running `serve` for the key registry here.
+pub const KEYS_QUERY: &str = "truebit.keys.query";
 /// Dead letters go to `truebit.dlq.<reason>`.
 pub const DLQ_PREFIX: &str = "truebit.dlq.";
 

@@ -37,6 +37,24 @@ pub(crate) fn reference(
     payload: &[u8],
     stored_at: DateTime<Utc>,
 ) -> Result<Event, Rejection> {
+    let envelope = read_object(payload)?;
+    let expected = subjects::event_type(subject).ok_or_else(|| {
+        Rejection::schema(
+            "$.type",
+            format!("no event type is defined for subject {subject}"),
+        )
+    })?;
+    let (node_id, timestamp, kind) = check_schema(&envelope, expected)?;
+    Ok(Event {
+        node_id: node_id.to_owned(),
+        minute: check_time(timestamp, stored_at)?,
+        kind,
+    })
+}
+
+/// The first two checks of contract §4, for any message: its size, then one strict reading of it
+/// as a JSON object.
+pub(crate) fn read_object(payload: &[u8]) -> Result<Map<String, Value>, Rejection> {
     if payload.len() > MAX_PAYLOAD {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -54,25 +72,13 @@ pub(crate) fn reference(
             format!("payload is not JSON as contract §4 reads it: {e}"),
         )
     })?;
-    let Value::Object(envelope) = value else {
-        return Err(Rejection::new(
+    match value {
+        Value::Object(envelope) => Ok(envelope),
+        _ => Err(Rejection::new(
             Reason::Malformed,
             "payload is JSON but not an object",
-        ));
-    };
-
-    let expected = subjects::event_type(subject).ok_or_else(|| {
-        Rejection::schema(
-            "$.type",
-            format!("no event type is defined for subject {subject}"),
-        )
-    })?;
-    let (node_id, timestamp, kind) = check_schema(&envelope, expected)?;
-    Ok(Event {
-        node_id: node_id.to_owned(),
-        minute: check_time(timestamp, stored_at)?,
-        kind,
-    })
+        )),
+    }
 }
 
 /// The schema checks, in the order a reader meets the fields.
@@ -190,7 +196,7 @@ fn check_schema(
     Ok((node_id, timestamp, kind))
 }
 
-fn required_str<'a>(
+pub(crate) fn required_str<'a>(
     map: &'a Map<String, Value>,
     field: &str,
     path: &str,
@@ -205,7 +211,7 @@ fn required_str<'a>(
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -1,0 +1,278 @@
+//! Contract §7, signing: a node signs every message it publishes with an Ed25519 key in the NATS
+//! nkey encoding. Header `Truebit-Key` holds its public key (`U…`), header `Truebit-Signature`
+//! the base64url (no padding) of the signature over `<subject>` `\n` `<payload>`.
+//!
+//! Checking a signature needs nothing but the message, so it happens ahead of the fold (and on
+//! as many cores as there are); whether the key may publish is the registry's question, asked in
+//! the fold, in stream order.
+
+use crate::names::{HEADER_KEY, HEADER_SIGNATURE};
+use data_encoding::BASE64URL_NOPAD;
+use nkeys::KeyPair;
+use std::collections::HashMap;
+
+/// An nkey public key of a user (`U…`), as it travels and as the registry stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(String);
+
+impl PublicKey {
+    /// A user public key in the nkey encoding, checksum and all; `None` for anything else
+    /// (an account key, a seed, a typo).
+    pub fn parse(s: &str) -> Option<PublicKey> {
+        if !s.starts_with('U') {
+            return None;
+        }
+        KeyPair::from_public_key(s).ok()?;
+        Some(PublicKey(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key that can sign: the holder's seed. Its [`Debug`] shows the public key only, so that a
+/// seed never reaches a log by accident.
+pub struct SigningKey {
+    pair: KeyPair,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({})", self.public)
+    }
+}
+
+impl SigningKey {
+    /// A new user key pair, from the operating system's random source.
+    pub fn generate() -> SigningKey {
+        Self::from_pair(KeyPair::new_user())
+    }
+
+    /// The key of a user seed (`SU…`); `None` when `seed` is not one. The error says nothing
+    /// of the seed itself.
+    pub fn from_seed(seed: &str) -> Option<SigningKey> {
+        let pair = KeyPair::from_seed(seed.trim()).ok()?;
+        if !pair.public_key().starts_with('U') {
+            return None;
+        }
+        Some(Self::from_pair(pair))
+    }
+
+    fn from_pair(pair: KeyPair) -> SigningKey {
+        let public = PublicKey(pair.public_key());
+        SigningKey { pair, public }
+    }
+
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The seed, for the file its holder keeps. Nothing else should ask for it.
+    pub fn seed(&self) -> String {
+        self.pair
+            .seed()
+            .expect("a generated or parsed key has its seed")
+    }
+
+    /// The two headers that sign `payload` on `subject`.
+    pub fn sign(&self, subject: &str, payload: &[u8]) -> [(&'static str, String); 2] {
+        let signature = self
+            .pair
+            .sign(&signed_bytes(subject, payload))
+            .expect("a key with a seed signs");
+        [
+            (HEADER_KEY, self.public.0.clone()),
+            (HEADER_SIGNATURE, BASE64URL_NOPAD.encode(&signature)),
+        ]
+    }
+}
+
+/// The bytes a signature covers.
+fn signed_bytes(subject: &str, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(subject.len() + 1 + payload.len());
+    bytes.extend_from_slice(subject.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// What a message's signature headers show, before any registry is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Signer {
+    /// Neither header: today's monitors, which only an `open` network admits.
+    #[default]
+    Unsigned,
+    /// A header missing, or one that is not a public key or a signature: why, in a sentence.
+    Malformed(&'static str),
+    /// A well-formed key and signature that do not match the message.
+    Forged(PublicKey),
+    /// Signed by this key.
+    Verified(PublicKey),
+}
+
+impl Signer {
+    /// The key the message names, signed by it or not.
+    pub fn key(&self) -> Option<&PublicKey> {
+        match self {
+            Signer::Forged(k) | Signer::Verified(k) => Some(k),
+            Signer::Unsigned | Signer::Malformed(_) => None,
+        }
+    }
+}
+
+/// Checks signatures, remembering the keys it has decoded: decoding a public key is the dearer
+/// half of a check, and a network has few keys and many messages.
+#[derive(Default)]
+pub struct Verifier {
+    keys: HashMap<String, Option<KeyPair>>,
+}
+
+/// More distinct keys than this and the cache starts again, so that a flood of made-up keys
+/// cannot grow it without bound.
+const MAX_CACHED_KEYS: usize = 100_000;
+
+impl Verifier {
+    pub fn new() -> Self {
+        Verifier::default()
+    }
+
+    /// What the headers `key` and `signature` (their values, if present) show about `payload`
+    /// published on `subject`.
+    pub fn check(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        key: Option<&str>,
+        signature: Option<&str>,
+    ) -> Signer {
+        let (key, signature) = match (key, signature) {
+            (None, None) => return Signer::Unsigned,
+            (Some(k), Some(s)) => (k.trim(), s.trim()),
+            (None, Some(_)) => return Signer::Malformed("Truebit-Signature without Truebit-Key"),
+            (Some(_), None) => return Signer::Malformed("Truebit-Key without Truebit-Signature"),
+        };
+        if self.keys.len() >= MAX_CACHED_KEYS && !self.keys.contains_key(key) {
+            self.keys.clear();
+        }
+        let pair = self
+            .keys
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                PublicKey::parse(key)?;
+                KeyPair::from_public_key(key).ok()
+            })
+            .as_ref();
+        let Some(pair) = pair else {
+            return Signer::Malformed("Truebit-Key is not an nkey user public key (U…)");
+        };
+        let Ok(signature) = BASE64URL_NOPAD.decode(signature.as_bytes()) else {
+            return Signer::Malformed("Truebit-Signature is not base64url without padding");
+        };
+        if signature.len() != 64 {
+            return Signer::Malformed("Truebit-Signature is not 64 bytes");
+        }
+        let public = PublicKey(key.to_string());
+        match pair.verify(&signed_bytes(subject, payload), &signature) {
+            Ok(()) => Signer::Verified(public),
+            Err(_) => Signer::Forged(public),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers<'a>(signed: &'a [(&'static str, String); 2]) -> (Option<&'a str>, Option<&'a str>) {
+        (Some(signed[0].1.as_str()), Some(signed[1].1.as_str()))
+    }
+
+    #[test]
+    fn a_signature_verifies_for_its_subject_and_payload_only() {
+        let key = SigningKey::generate();
+        let signed = key.sign("truebit.heartbeat", b"{}");
+        assert_eq!(signed[0].0, "Truebit-Key");
+        assert!(signed[0].1.starts_with('U') && signed[0].1.len() == 56);
+        assert!(!signed[1].1.contains('=') && !signed[1].1.contains('+'));
+        let (k, s) = headers(&signed);
+        let mut v = Verifier::new();
+        let me = key.public_key().clone();
+        assert_eq!(
+            v.check("truebit.heartbeat", b"{}", k, s),
+            Signer::Verified(me.clone())
+        );
+        assert_eq!(
+            v.check("truebit.heartbeat", b"{ }", k, s),
+            Signer::Forged(me.clone()),
+            "another payload"
+        );
+        assert_eq!(
+            v.check("truebit.nodes.left", b"{}", k, s),
+            Signer::Forged(me.clone()),
+            "another subject"
+        );
+        let other = SigningKey::generate();
+        let theirs = other.sign("truebit.heartbeat", b"{}");
+        let (_, s2) = headers(&theirs);
+        assert_eq!(
+            v.check("truebit.heartbeat", b"{}", k, s2),
+            Signer::Forged(me),
+            "another key's signature"
+        );
+    }
+
+    #[test]
+    fn missing_and_malformed_headers_say_which() {
+        let key = SigningKey::generate();
+        let signed = key.sign("s", b"p");
+        let (k, s) = headers(&signed);
+        let mut v = Verifier::new();
+        assert_eq!(v.check("s", b"p", None, None), Signer::Unsigned);
+        assert!(matches!(v.check("s", b"p", k, None), Signer::Malformed(_)));
+        assert!(matches!(v.check("s", b"p", None, s), Signer::Malformed(_)));
+        let seed = key.seed();
+        assert!(
+            matches!(v.check("s", b"p", Some(&seed), s), Signer::Malformed(_)),
+            "a seed is not a public key"
+        );
+        let account = KeyPair::new_account().public_key();
+        assert!(matches!(
+            v.check("s", b"p", Some(&account), s),
+            Signer::Malformed(_)
+        ));
+        assert!(matches!(
+            v.check("s", b"p", k, Some("not*base64")),
+            Signer::Malformed(_)
+        ));
+        assert!(matches!(
+            v.check("s", b"p", k, Some("AAAA")),
+            Signer::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn seeds_round_trip_and_never_show_in_debug() {
+        let key = SigningKey::generate();
+        let again = SigningKey::from_seed(&format!("{}\n", key.seed())).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+        let shown = format!("{key:?}");
+        assert!(!shown.contains(&key.seed()) && shown.contains(key.public_key().as_str()));
+        assert!(SigningKey::from_seed(key.public_key().as_str()).is_none());
+        assert!(SigningKey::from_seed("SUnotaseed").is_none());
+        assert!(PublicKey::parse(key.public_key().as_str()).is_some());
+        let mut typo = key.public_key().as_str().to_string();
+        typo.replace_range(10..11, if &typo[10..11] == "A" { "B" } else { "A" });
+        assert!(
+            PublicKey::parse(&typo).is_none(),
+            "the checksum catches a typo"
+        );
+    }
+}
