@@ -29,6 +29,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} was folded with ADMIN_KEY {folded}, but {configured} is configured; a replay must decide as the live fold did, so the root key never changes: set ADMIN_KEY back, and hand over by issuing a new admin key with the old one (`keys issue --admin`)", folded = folded.as_deref().unwrap_or("(none)"), configured = configured.as_deref().unwrap_or("none"))]
+    AdminKey {
+        path: PathBuf,
+        folded: Option<String>,
+        configured: Option<String>,
+    },
     #[error("the projections database failed: {0}; check the disk (space, permissions); the stream still holds every event, so `truebit-federation replay` can rebuild it")]
     Storage(#[from] redb::Error),
 }

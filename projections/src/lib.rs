@@ -5,9 +5,13 @@
 //! and the validated event or the reason it was refused) and folds each exactly once: the
 //! sequence of the last folded input is committed in the same write transaction as the changes it
 //! produced, and an input at or below it is skipped. That is what makes redelivery, crashes and
-//! restarts harmless. A refusal that carries a [`DeadLetter`] is recorded in the outbox in that
-//! same transaction, for the service to publish and then [drop](Projections::drop_dead_letters):
-//! a crash neither loses nor doubles one.
+//! restarts harmless. A refusal's [`DeadLetter`] is recorded in the outbox in that same
+//! transaction ([`Outbox::Record`]), for the service to publish and then
+//! [drop](Projections::drop_dead_letters): a crash neither loses nor doubles one.
+//!
+//! The key registry of contract §7 is folded here too, from operator events in the same stream:
+//! whether a node message is admitted is decided in stream order (`admission.rs`), so a replay
+//! admits exactly what the live fold admitted.
 //!
 //! The modules follow the life of the data: `tables` (every redb table, in one registry),
 //! `store` (the file, its metadata, a batch's commit), `writer` and `fold` (what a batch does to
@@ -19,7 +23,7 @@
 //! [`DEFAULT_RUN_LEN`] (see `src/runs.rs`, and [`Options`]).
 //!
 //! ```
-//! use truebit_projections::{Input, Projections, Refusal};
+//! use truebit_projections::{Input, Outbox, Projections, Refusal};
 //! use truebit_streams::Period;
 //! use truebit_streams::validate;
 //!
@@ -30,8 +34,9 @@
 //!     "timestamp":"{}","data":{{"continentBucket":"EU"}}}}"#, stored_at.to_rfc3339());
 //! let event = validate("truebit.heartbeat", hb.as_bytes(), stored_at).map_err(Refusal::from);
 //!
-//! db.apply(&[Input { seq: 1, event: event.clone() }]).unwrap();
-//! db.apply(&[Input { seq: 1, event }]).unwrap(); // redelivered: folded once
+//! let event = event.map(Into::into);
+//! db.apply(&[Input::unsigned(1, event.clone())], Outbox::Record).unwrap();
+//! db.apply(&[Input::unsigned(1, event)], Outbox::Record).unwrap(); // redelivered: folded once
 //!
 //! let now = stored_at.timestamp() / 60;
 //! let snapshot = db.snapshot(now, Period::All).unwrap();
@@ -39,6 +44,7 @@
 //! assert_eq!(db.node("node-1").unwrap().unwrap().heartbeat_count, 1);
 //! ```
 
+mod admission;
 mod compare;
 mod counters;
 mod error;
@@ -57,17 +63,42 @@ pub use error::Error;
 pub use runs::DEFAULT_RUN_LEN;
 pub use store::{Options, Projections, CACHE_BYTES};
 pub use tables::SCHEMA_VERSION;
-pub use views::{InvoiceView, NodeView, TaskView};
+pub use views::{InvoiceView, KeyView, NodeView, TaskView};
 
-use truebit_streams::{DeadLetter, Event, Reason, Rejection};
+use truebit_streams::{DeadLetter, Message, Minute, Reason, Rejection, Signer};
 
 /// One message of the stream, ready to fold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Input {
     /// Its sequence in `TRUEBIT_EVENTS`.
     pub seq: u64,
-    /// The validated event, or why it was refused (refusals are counted, not folded).
-    pub event: Result<Event, Refusal>,
+    /// The minute JetStream stored it: the clock of rate limits (contract §7).
+    pub stored_minute: Minute,
+    /// What its signature headers show, checked ahead of the fold.
+    pub signer: Signer,
+    /// The message as read, or why it was refused (refusals are counted, not folded).
+    pub event: Result<Message, Refusal>,
+}
+
+impl Input {
+    /// An unsigned message, as today's monitors send them, stored in minute 0: for a fold that
+    /// stays `open`.
+    pub fn unsigned(seq: u64, event: Result<Message, Refusal>) -> Self {
+        Input {
+            seq,
+            stored_minute: 0,
+            signer: Signer::Unsigned,
+            event,
+        }
+    }
+}
+
+/// Whether a fold records dead letters in the outbox: the live fold does; a replay only counts
+/// refusals, since it never publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbox {
+    Record,
+    Skip,
 }
 
 /// A message the fold counts as refused instead of folding it.

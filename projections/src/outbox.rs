@@ -47,7 +47,7 @@ impl Projections {
 mod tests {
     use super::*;
     use crate::records::encode;
-    use crate::{Input, Refusal};
+    use crate::{Input, Outbox, Refusal};
     use truebit_streams::{validate, Reason};
 
     fn refused(seq: u64, live: bool) -> Input {
@@ -64,17 +64,20 @@ mod tests {
         } else {
             Err(Refusal::from(rejection))
         };
-        Input { seq, event }
+        Input::unsigned(seq, event)
     }
 
     #[test]
     fn a_refusal_with_a_dead_letter_waits_in_the_outbox_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = Projections::open(dir.path().join("db.redb")).unwrap();
-        db.apply(&[refused(1, true), refused(2, false), refused(3, true)])
-            .unwrap();
+        db.apply(
+            &[refused(1, true), refused(2, false), refused(3, true)],
+            Outbox::Record,
+        )
+        .unwrap();
         // Redelivered: folded once, so recorded once.
-        db.apply(&[refused(3, true)]).unwrap();
+        db.apply(&[refused(3, true)], Outbox::Record).unwrap();
         let pending = db.pending_dead_letters(10).unwrap();
         let seqs: Vec<u64> = pending.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, [1, 3], "a replay's refusal (2) is only counted");
@@ -88,7 +91,10 @@ mod tests {
         // The outbox is not state: a database without it compares equal.
         let other = Projections::open(dir.path().join("other.redb")).unwrap();
         other
-            .apply(&[refused(1, false), refused(2, false), refused(3, false)])
+            .apply(
+                &[refused(1, false), refused(2, false), refused(3, false)],
+                Outbox::Record,
+            )
             .unwrap();
         assert_eq!(db.differences(&other, 10).unwrap(), Vec::<String>::new());
     }

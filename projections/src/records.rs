@@ -1,7 +1,7 @@
 //! What the projections hold per task, invoice and node, and how each is stored.
 
 use serde::{Deserialize, Serialize};
-use truebit_streams::{Minute, Outcome};
+use truebit_streams::{Minute, Outcome, Permissions};
 
 /// A task, keyed by `taskIdHash` (contract §5.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +68,27 @@ pub(crate) struct NodeRecord {
     pub active_tasks: Option<u8>,
     pub continent: Option<u8>,
     pub location: Option<(i16, i16)>,
+}
+
+/// A key of the registry, keyed by its public key (contract §7): the grant as last issued, its
+/// revocation, and what it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyRecord {
+    pub name: String,
+    pub node_id: Option<String>,
+    pub permissions: Permissions,
+    pub rate_limit: u32,
+    /// The event time of the `key_issued` that made the record what it is.
+    pub issued_at: Minute,
+    pub revoked_at: Option<Minute>,
+    pub revoke_reason: Option<String>,
+    /// Node messages signed by this key that passed every check (in `audit` and `enforce`).
+    pub admitted: u64,
+    pub unauthorized: u64,
+    pub rate_limited: u64,
+    /// The minute of JetStream's stored time this key's rate is counted in, and how many of its
+    /// messages passed every check in it.
+    pub window: (Minute, u32),
 }
 
 /// Encodes a record for storage.

@@ -3,11 +3,12 @@
 use crate::runs::{Kind, Locator, DEFAULT_RUN_LEN};
 use crate::tables::{self, meta};
 use crate::writer::Writer;
-use crate::{Applied, Error, Input};
+use crate::{Applied, Error, Input, Outbox};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use truebit_streams::{Message, Mode, PublicKey};
 
 /// The projections database.
 pub struct Projections {
@@ -191,11 +192,11 @@ impl Projections {
 
     /// Folds a batch in one durable write transaction, together with the sequence of its last
     /// input. Inputs at or below the last folded sequence are skipped.
-    pub fn apply(&self, batch: &[Input]) -> Result<Applied, Error> {
+    pub fn apply(&self, batch: &[Input], outbox: Outbox) -> Result<Applied, Error> {
         let mut locators = self.locators()?;
         let txn = self.db.begin_write()?;
         let (applied, tasks, invoices) = {
-            let mut w = Writer::open(&txn, &locators, self.run_len)?;
+            let mut w = Writer::open(&txn, &locators, self.run_len, outbox)?;
             let mut applied = Applied {
                 last_seq: w.last_seq,
                 ..Applied::default()
@@ -208,7 +209,8 @@ impl Projections {
                 w.last_seq = input.seq;
                 applied.folded += 1;
                 match &input.event {
-                    Ok(event) => w.fold(event)?,
+                    Ok(Message::Node(event)) => w.node_message(input, event)?,
+                    Ok(Message::Operator(op)) => w.operator(input, op)?,
                     Err(refusal) => w.refuse(input.seq, refusal)?,
                 }
             }
@@ -220,6 +222,37 @@ impl Projections {
         locators.tasks.committed(tasks);
         locators.invoices.committed(invoices);
         Ok(applied)
+    }
+
+    /// The root key (`ADMIN_KEY`) this database is folded with, once bound.
+    pub fn admin_key(&self) -> Result<Option<Option<PublicKey>>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::META)?;
+        if table.get(meta::ADMIN_KEY)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(read_root(&table)?))
+    }
+
+    /// Whether this database may be folded on with `key` as its root key (contract §7): a
+    /// replay must decide as the live fold did, so another key is refused, unless no operator
+    /// event was read yet (then no decision depended on it, and a database from before keys
+    /// existed takes one).
+    pub fn check_admin_key(&self, key: Option<&PublicKey>) -> Result<(), Error> {
+        let txn = self.db.begin_read()?;
+        admin_key_conflict(&txn.open_table(tables::META)?, &self.path, key)
+    }
+
+    /// Binds the database to the root key it is folded with, after [`Self::check_admin_key`].
+    pub fn bind_admin_key(&self, key: Option<&PublicKey>) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(tables::META)?;
+            admin_key_conflict(&table, &self.path, key)?;
+            table.insert(meta::ADMIN_KEY, key.map_or("", |k| k.as_str()).as_bytes())?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Numbers of tasks, invoices and nodes held.
@@ -306,4 +339,54 @@ pub(crate) fn read_u64(
         detail: format!("{key} is not 8 bytes"),
     })?;
     Ok(Some(u64::from_le_bytes(bytes)))
+}
+
+/// The admission mode as folded; `open` until an `admission_set` says otherwise.
+pub(crate) fn read_mode(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Mode, Error> {
+    let Some(v) = table.get(meta::ADMISSION_MODE)? else {
+        return Ok(Mode::Open);
+    };
+    let text = std::str::from_utf8(v.value()).unwrap_or_default();
+    Mode::parse(text).ok_or_else(|| Error::Corrupt {
+        table: "meta",
+        detail: format!("admission_mode is {text:?}"),
+    })
+}
+
+/// The root key the database is bound to; `None` for none (or not bound yet).
+pub(crate) fn read_root(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<PublicKey>, Error> {
+    let Some(v) = table.get(meta::ADMIN_KEY)? else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(v.value()).unwrap_or_default();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    PublicKey::parse(text)
+        .map(Some)
+        .ok_or_else(|| Error::Corrupt {
+            table: "meta",
+            detail: format!("admin_key is {text:?}, not a public key"),
+        })
+}
+
+fn admin_key_conflict(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    path: &Path,
+    key: Option<&PublicKey>,
+) -> Result<(), Error> {
+    let current = read_root(table)?;
+    let read = read_u64(table, meta::OPERATOR_MESSAGES)?.unwrap_or(0);
+    if current.as_ref() != key && read > 0 {
+        return Err(Error::AdminKey {
+            path: path.to_path_buf(),
+            folded: current.map(|k| k.to_string()),
+            configured: key.map(|k| k.to_string()),
+        });
+    }
+    Ok(())
 }

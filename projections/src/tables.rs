@@ -12,11 +12,11 @@ use std::fmt::Debug;
 
 /// The layout these definitions describe. Bump it with any change to a table or a record.
 /// Version 2 moved tasks and invoices into hot tables and sealed runs ([`crate::runs`]); version
-/// 3 added the dead-letter outbox.
+/// 3 added the dead-letter outbox and the key registry (`keys`, `admission`, three meta keys),
+/// all of which start empty, so an older database is upgraded in place.
 pub const SCHEMA_VERSION: u64 = 3;
 
-/// Small named values: `schema_version`, `last_seq`, `nodes`, `publishers`, `stream`,
-/// `run_len`, `tasks_created`, `invoices_created`.
+/// Small named values: see [`meta`].
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Task creation number → `taskIdHash`, then the task record, for tasks not yet sealed.
 pub const TASKS_HOT: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks_hot");
@@ -58,6 +58,12 @@ pub const REJECTIONS: TableDefinition<&str, u64> = TableDefinition::new("rejecti
 /// Event type → messages of that type folded.
 pub const EVENTS: TableDefinition<&str, u64> = TableDefinition::new("events");
 
+/// Public key (`U…`) → key record (contract §7): the registry, folded from operator events.
+pub const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// Outcome (`admitted`, `unauthorized`, `rate_limited`) → node messages checked with it, in
+/// `audit` and `enforce`.
+pub const ADMISSION: TableDefinition<&str, u64> = TableDefinition::new("admission");
+
 /// Original stream sequence → a dead letter (postcard) not yet known to be in `TRUEBIT_DLQ`: the
 /// outbox. Written by the commit that folds the refusal, emptied as the service publishes. Not
 /// part of the state: a copy leaves it out and a comparison ignores it, since a rebuild's is
@@ -96,6 +102,8 @@ pub fn each(v: &mut impl Visit) -> Result<(), Error> {
     v.table(COUNTERS, Role::State)?;
     v.table(REJECTIONS, Role::State)?;
     v.table(EVENTS, Role::State)?;
+    v.table(KEYS, Role::State)?;
+    v.table(ADMISSION, Role::State)?;
     v.table(OUTBOX, Role::Outbox)?;
     Ok(())
 }
@@ -109,6 +117,12 @@ pub mod meta {
     pub const RUN_LEN: &str = "run_len";
     pub const TASKS_CREATED: &str = "tasks_created";
     pub const INVOICES_CREATED: &str = "invoices_created";
+    /// `open`, `audit` or `enforce`; absent is `open`.
+    pub const ADMISSION_MODE: &str = "admission_mode";
+    /// The `ADMIN_KEY` the database is folded with; empty for none.
+    pub const ADMIN_KEY: &str = "admin_key";
+    /// Operator events read (signed or not): while there are none, the root key may be set.
+    pub const OPERATOR_MESSAGES: &str = "operator_messages";
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! Records as a reader of the projections sees them, one at a time.
 
-use crate::records::{self, decode, InvoiceRecord, NodeRecord, TaskRecord};
-use crate::store::count_table;
+use crate::records::{self, decode, InvoiceRecord, KeyRecord, NodeRecord, TaskRecord};
+use crate::store::{count_table, read_mode};
 use crate::{tables, Error, Projections};
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
-use truebit_streams::{Continent, Digest, ExecutionTime, Location, Magnitude, Memory, Minute};
+use truebit_streams::{
+    Continent, Digest, ExecutionTime, Location, Magnitude, Memory, Minute, Mode, Permissions,
+};
 
 /// A task as the projections hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,59 @@ pub struct NodeView {
     pub location: Option<Location>,
 }
 
+/// A key of the registry as `keys list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    pub public_key: String,
+    pub name: String,
+    pub node_id: Option<String>,
+    pub permissions: Permissions,
+    pub rate_limit: u32,
+    pub issued_at: Minute,
+    pub revoked_at: Option<Minute>,
+    pub revoke_reason: Option<String>,
+    pub admitted: u64,
+    pub unauthorized: u64,
+    pub rate_limited: u64,
+}
+
 impl Projections {
+    /// Every key of the registry, by public key.
+    pub fn keys(&self) -> Result<Vec<KeyView>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(tables::KEYS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (key, bytes) = row?;
+            let r: KeyRecord = decode("keys", bytes.value())?;
+            out.push(KeyView {
+                public_key: key.value().to_string(),
+                name: r.name,
+                node_id: r.node_id,
+                permissions: r.permissions,
+                rate_limit: r.rate_limit,
+                issued_at: r.issued_at,
+                revoked_at: r.revoked_at,
+                revoke_reason: r.revoke_reason,
+                admitted: r.admitted,
+                unauthorized: r.unauthorized,
+                rate_limited: r.rate_limited,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The admission mode as folded.
+    pub fn admission_mode(&self) -> Result<Mode, Error> {
+        let txn = self.db.begin_read()?;
+        read_mode(&txn.open_table(tables::META)?)
+    }
+
+    /// Node messages checked in `audit` and `enforce`, by outcome.
+    pub fn admission_counts(&self) -> Result<BTreeMap<String, u64>, Error> {
+        count_table(&self.db, tables::ADMISSION)
+    }
+
     pub fn task(&self, id: &Digest) -> Result<Option<TaskView>, Error> {
         let Some(t) = self.find::<TaskRecord>(tables::TASK_RECORDS, |l| &l.tasks, &id.0)? else {
             return Ok(None);

@@ -1,26 +1,19 @@
 //! One batch's write transaction: the fold applied to the records it touches.
 
+use crate::admission::{self, admit, authorize_operator, Verdict};
 use crate::counters::{buckets_of, Counters};
 use crate::fold;
-use crate::records::{decode, encode, InvoiceRecord, NodeRecord, TaskRecord};
+use crate::records::{decode, encode, InvoiceRecord, KeyRecord, NodeRecord, TaskRecord};
 use crate::runs::{Changes, Kind, Locator, Place, Records};
-use crate::store::{read_u64, Locators};
+use crate::store::{read_mode, read_root, read_u64, Locators};
 use crate::tables::{self, meta};
-use crate::{Error, Refusal};
+use crate::{Error, Input, Outbox, Refusal};
 use redb::{ReadableTable, Table};
 use std::collections::HashMap;
-use truebit_streams::{Digest, Event, EventKind, Minute};
-
-fn event_type(kind: &EventKind) -> &'static str {
-    match kind {
-        EventKind::TaskReceived { .. } => "task_received",
-        EventKind::TaskCompleted { .. } => "task_completed",
-        EventKind::HeartbeatReported(_) => "heartbeat",
-        EventKind::InvoiceCreated(_) => "invoice_created",
-        EventKind::NodeJoined { .. } => "node_joined",
-        EventKind::NodeLeft { .. } => "node_left",
-    }
-}
+use truebit_streams::{
+    subjects, DeadLetter, Digest, Event, EventKind, Minute, Mode, Operator, OperatorKind,
+    PublicKey, Reason, Rejection,
+};
 
 /// One batch's write transaction, with a write-behind overlay of the records it touches.
 ///
@@ -40,6 +33,8 @@ pub(crate) struct Writer<'t, 'l> {
     rejection_table: Table<'t, &'static str, u64>,
     outbox: Table<'t, u64, &'static [u8]>,
     event_table: Table<'t, &'static str, u64>,
+    keys: Table<'t, &'static str, &'static [u8]>,
+    admission_table: Table<'t, &'static str, u64>,
     pub(crate) last_seq: u64,
     node_count: u64,
     publisher_count: u64,
@@ -49,6 +44,13 @@ pub(crate) struct Writer<'t, 'l> {
     node_overlay: HashMap<String, Touched<NodeRecord>>,
     rejections: HashMap<&'static str, u64>,
     events: HashMap<&'static str, u64>,
+    key_overlay: HashMap<String, Touched<KeyRecord>>,
+    /// Node messages checked in `audit` and `enforce`, by outcome.
+    admission: HashMap<&'static str, u64>,
+    mode: Mode,
+    root: Option<PublicKey>,
+    operator_messages: u64,
+    outbox_mode: Outbox,
 }
 
 /// A record as the table held it before the batch, and as the batch has folded it so far, with
@@ -133,9 +135,13 @@ impl<'t, 'l> Writer<'t, 'l> {
         txn: &'t redb::WriteTransaction,
         locators: &'l Locators,
         run_len: u64,
+        outbox_mode: Outbox,
     ) -> Result<Self, Error> {
         let meta_table = txn.open_table(tables::META)?;
         let last_seq = read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0);
+        let mode = read_mode(&meta_table)?;
+        let root = read_root(&meta_table)?;
+        let operator_messages = read_u64(&meta_table, meta::OPERATOR_MESSAGES)?.unwrap_or(0);
         let node_count = read_u64(&meta_table, meta::NODES)?.unwrap_or(0);
         let publisher_count = read_u64(&meta_table, meta::PUBLISHERS)?.unwrap_or(0);
         let records = |kind: Kind| -> Result<Records<'t>, Error> {
@@ -157,6 +163,8 @@ impl<'t, 'l> Writer<'t, 'l> {
             rejection_table: txn.open_table(tables::REJECTIONS)?,
             outbox: txn.open_table(tables::OUTBOX)?,
             event_table: txn.open_table(tables::EVENTS)?,
+            keys: txn.open_table(tables::KEYS)?,
+            admission_table: txn.open_table(tables::ADMISSION)?,
             last_seq,
             node_count,
             publisher_count,
@@ -166,6 +174,12 @@ impl<'t, 'l> Writer<'t, 'l> {
             node_overlay: HashMap::new(),
             rejections: HashMap::new(),
             events: HashMap::new(),
+            key_overlay: HashMap::new(),
+            admission: HashMap::new(),
+            mode,
+            root,
+            operator_messages,
+            outbox_mode,
         })
     }
 
@@ -213,17 +227,98 @@ impl<'t, 'l> Writer<'t, 'l> {
         })
     }
 
+    fn key(&mut self, key: &str) -> Result<&mut Touched<KeyRecord>, Error> {
+        let table = &self.keys;
+        touch(&mut self.key_overlay, key, || {
+            Ok(((), load(table, "keys", key)?))
+        })
+    }
+
     /// Counts a refused message, and records its dead letter, if it has one, in the outbox.
     pub(crate) fn refuse(&mut self, seq: u64, refusal: &Refusal) -> Result<(), Error> {
         *self.rejections.entry(refusal.reason.as_str()).or_default() += 1;
-        if let Some(dead) = &refusal.dead_letter {
+        if let (Some(dead), Outbox::Record) = (&refusal.dead_letter, self.outbox_mode) {
             self.outbox.insert(seq, encode(dead).as_slice())?;
         }
         Ok(())
     }
 
-    pub(crate) fn fold(&mut self, event: &Event) -> Result<(), Error> {
-        *self.events.entry(event_type(&event.kind)).or_default() += 1;
+    /// A node's message: admitted or not by the registry (contract §7), then folded if admitted.
+    pub(crate) fn node_message(&mut self, input: &Input, event: &Event) -> Result<(), Error> {
+        if self.mode != Mode::Open {
+            let verdict = match input.signer.key() {
+                Some(key) => {
+                    let stored = self.key(key.as_str())?;
+                    let mut record = stored.now.take();
+                    let verdict = admit(
+                        &input.signer,
+                        record.as_mut(),
+                        &event.node_id,
+                        input.stored_minute,
+                    );
+                    stored.now = record;
+                    verdict
+                }
+                None => admit(&input.signer, None, &event.node_id, input.stored_minute),
+            };
+            *self.admission.entry(verdict.outcome()).or_default() += 1;
+            if let (Mode::Enforce, Verdict::Refused(reason, detail)) = (self.mode, verdict) {
+                // The body is the event as read: only the fields the contract names.
+                let dead_letter = (self.outbox_mode == Outbox::Record).then(|| {
+                    let rejection = Rejection::new(reason, detail);
+                    DeadLetter::new(&rejection, event.subject(), input.seq, &event.payload())
+                });
+                return self.refuse(
+                    input.seq,
+                    &Refusal {
+                        reason,
+                        dead_letter,
+                    },
+                );
+            }
+        }
+        self.fold(event)
+    }
+
+    /// An operator's event: it changes the registry if an admin key signed it, in every mode.
+    pub(crate) fn operator(&mut self, input: &Input, op: &Operator) -> Result<(), Error> {
+        self.operator_messages += 1;
+        let signer_record = match input.signer.key() {
+            Some(key) => self.key(key.as_str())?.now.clone(),
+            None => None,
+        };
+        if let Err(detail) =
+            authorize_operator(&input.signer, self.root.as_ref(), signer_record.as_ref())
+        {
+            let dead_letter = (self.outbox_mode == Outbox::Record).then(|| {
+                let rejection = Rejection::new(Reason::Unauthorized, detail);
+                DeadLetter::new(&rejection, subjects::ADMIN_KEYS, input.seq, &op.sent)
+            });
+            return self.refuse(
+                input.seq,
+                &Refusal {
+                    reason: Reason::Unauthorized,
+                    dead_letter,
+                },
+            );
+        }
+        *self.events.entry(op.kind.type_name()).or_default() += 1;
+        match &op.kind {
+            OperatorKind::KeyIssued(grant) => {
+                let k = self.key(grant.key.as_str())?;
+                k.now = Some(admission::key_issued(k.now.take(), grant, op.minute));
+            }
+            OperatorKind::KeyRevoked { key, reason } => {
+                let k = self.key(key.as_str())?;
+                k.now = admission::key_revoked(k.now.take(), reason, op.minute);
+            }
+            OperatorKind::AdmissionSet { mode } => self.mode = *mode,
+        }
+        Ok(())
+    }
+
+    fn fold(&mut self, event: &Event) -> Result<(), Error> {
+        *self.events.entry(event.type_name()).or_default() += 1;
         let minute = event.minute;
         match &event.kind {
             EventKind::TaskReceived {
@@ -325,9 +420,15 @@ impl<'t, 'l> Writer<'t, 'l> {
                 self.counters.insert(key, encode(&current).as_slice())?;
             }
         }
+        for (key, k) in changed_in_order(std::mem::take(&mut self.key_overlay)) {
+            if let Some(record) = &k.now {
+                self.keys.insert(key.as_str(), encode(record).as_slice())?;
+            }
+        }
         for (table, counts) in [
             (&mut self.rejection_table, &self.rejections),
             (&mut self.event_table, &self.events),
+            (&mut self.admission_table, &self.admission),
         ] {
             for (key, n) in counts {
                 let before = table.get(*key)?.map(|v| v.value()).unwrap_or(0);
@@ -341,6 +442,12 @@ impl<'t, 'l> Writer<'t, 'l> {
         self.meta.insert(
             meta::PUBLISHERS,
             self.publisher_count.to_le_bytes().as_slice(),
+        )?;
+        self.meta
+            .insert(meta::ADMISSION_MODE, self.mode.as_str().as_bytes())?;
+        self.meta.insert(
+            meta::OPERATOR_MESSAGES,
+            self.operator_messages.to_le_bytes().as_slice(),
         )?;
         let tasks = self.tasks.finish(&self.locators.tasks, &mut self.meta)?;
         let invoices = self

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use truebit_projections::{Input, Options, Projections};
+use truebit_projections::{Input, Options, Outbox, Projections};
 use truebit_streams::*;
 
 const T0: Minute = 29_000_000;
@@ -261,9 +261,9 @@ proptest! {
         let one_by_one = Projections::open_with(dir.path().join("a.redb"), options).unwrap();
         let in_batches = Projections::open_with(dir.path().join("b.redb"), options).unwrap();
         let inputs: Vec<Input> = events.iter().enumerate()
-            .map(|(i, e)| Input { seq: i as u64 + 1, event: Ok(e.clone()) }).collect();
+            .map(|(i, e)| Input::unsigned(i as u64 + 1, Ok(e.clone().into()))).collect();
         for input in &inputs {
-            one_by_one.apply(std::slice::from_ref(input)).unwrap();
+            one_by_one.apply(std::slice::from_ref(input), Outbox::Record).unwrap();
         }
         let mut rest = inputs.as_slice();
         for cut in cuts.iter().cycle() {
@@ -271,7 +271,7 @@ proptest! {
                 break;
             }
             let (batch, tail) = rest.split_at((*cut).min(rest.len()));
-            in_batches.apply(batch).unwrap();
+            in_batches.apply(batch, Outbox::Record).unwrap();
             rest = tail;
         }
         prop_assert_eq!(one_by_one.differences(&in_batches, 10).unwrap(), Vec::<String>::new());
@@ -289,9 +289,9 @@ proptest! {
         let db = Projections::open_with(dir.path().join("p.redb"), Options { run_len }).unwrap();
         let mut model = Model::default();
         let inputs: Vec<Input> = events.iter().enumerate()
-            .map(|(i, e)| Input { seq: i as u64 + 1, event: Ok(e.clone()) }).collect();
+            .map(|(i, e)| Input::unsigned(i as u64 + 1, Ok(e.clone().into()))).collect();
         for chunk in inputs.chunks(batch) {
-            db.apply(chunk).unwrap();
+            db.apply(chunk, Outbox::Record).unwrap();
         }
         for e in &events {
             model.fold(e);
@@ -377,13 +377,10 @@ fn fold_all(events: &[Event]) -> Vec<Value> {
     let inputs: Vec<Input> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| Input {
-            seq: i as u64 + 1,
-            event: Ok(e.clone()),
-        })
+        .map(|(i, e)| Input::unsigned(i as u64 + 1, Ok(e.clone().into())))
         .collect();
     for chunk in inputs.chunks(7) {
-        db.apply(chunk).unwrap();
+        db.apply(chunk, Outbox::Record).unwrap();
     }
     db.snapshots(T0)
         .unwrap()

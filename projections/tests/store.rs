@@ -1,6 +1,6 @@
 //! The projections database as a whole: exactly-once positions, refusals, schema versions.
 
-use truebit_projections::{Error, Input, Options, Projections};
+use truebit_projections::{Error, Input, Options, Outbox, Projections};
 use truebit_streams::{Digest, Event, EventKind, Heartbeat, Minute, Period, Reason};
 
 const T0: Minute = 29_000_000;
@@ -23,20 +23,14 @@ fn db() -> (tempfile::TempDir, Projections) {
 fn inputs_at_or_below_the_position_are_skipped() {
     let (_dir, db) = db();
     let batch: Vec<Input> = (1..=3)
-        .map(|seq| Input {
-            seq,
-            event: Ok(heartbeat("node-a", T0)),
-        })
+        .map(|seq| Input::unsigned(seq, Ok(heartbeat("node-a", T0).into())))
         .collect();
-    let first = db.apply(&batch).unwrap();
+    let first = db.apply(&batch, Outbox::Record).unwrap();
     assert_eq!((first.folded, first.skipped, first.last_seq), (3, 0, 3));
     // Redelivered, with one new message behind them.
     let mut again = batch.clone();
-    again.push(Input {
-        seq: 4,
-        event: Ok(heartbeat("node-a", T0)),
-    });
-    let second = db.apply(&again).unwrap();
+    again.push(Input::unsigned(4, Ok(heartbeat("node-a", T0).into())));
+    let second = db.apply(&again, Outbox::Record).unwrap();
     assert_eq!((second.folded, second.skipped, second.last_seq), (1, 3, 4));
     assert_eq!(db.node("node-a").unwrap().unwrap().heartbeat_count, 4);
     assert_eq!(db.last_seq().unwrap(), 4);
@@ -45,24 +39,15 @@ fn inputs_at_or_below_the_position_are_skipped() {
 #[test]
 fn refusals_advance_the_position_and_are_counted() {
     let (_dir, db) = db();
-    db.apply(&[
-        Input {
-            seq: 1,
-            event: Err(Reason::Schema.into()),
-        },
-        Input {
-            seq: 2,
-            event: Ok(heartbeat("node-a", T0)),
-        },
-        Input {
-            seq: 3,
-            event: Err(Reason::Schema.into()),
-        },
-        Input {
-            seq: 4,
-            event: Err(Reason::Clock.into()),
-        },
-    ])
+    db.apply(
+        &[
+            Input::unsigned(1, Err(Reason::Schema.into())),
+            Input::unsigned(2, Ok(heartbeat("node-a", T0).into())),
+            Input::unsigned(3, Err(Reason::Schema.into())),
+            Input::unsigned(4, Err(Reason::Clock.into())),
+        ],
+        Outbox::Record,
+    )
     .unwrap();
     assert_eq!(db.last_seq().unwrap(), 4);
     let r = db.rejections().unwrap();
@@ -74,24 +59,30 @@ fn refusals_advance_the_position_and_are_counted() {
 fn a_task_reported_by_three_nodes_is_one_task_with_three_reporters() {
     let (_dir, db) = db();
     let task = Digest([9; 32]);
-    let received = |node: &str, seq| Input {
-        seq,
-        event: Ok(Event {
-            node_id: node.into(),
-            minute: T0,
-            kind: EventKind::TaskReceived {
-                task,
-                chain_id: Some("1".into()),
-                task_type: None,
-            },
-        }),
+    let received = |node: &str, seq| {
+        Input::unsigned(
+            seq,
+            Ok(Event {
+                node_id: node.into(),
+                minute: T0,
+                kind: EventKind::TaskReceived {
+                    task,
+                    chain_id: Some("1".into()),
+                    task_type: None,
+                },
+            }
+            .into()),
+        )
     };
-    db.apply(&[
-        received("node-a", 1),
-        received("node-b", 2),
-        received("node-c", 3),
-        received("node-a", 4),
-    ])
+    db.apply(
+        &[
+            received("node-a", 1),
+            received("node-b", 2),
+            received("node-c", 3),
+            received("node-a", 4),
+        ],
+        Outbox::Record,
+    )
     .unwrap();
     assert_eq!(db.task(&task).unwrap().unwrap().reporting_nodes, 3);
     assert_eq!(db.snapshot(T0, Period::All).unwrap().total_tasks, 1);
@@ -103,10 +94,10 @@ fn the_position_survives_reopening() {
     let path = dir.path().join("p.redb");
     Projections::open(&path)
         .unwrap()
-        .apply(&[Input {
-            seq: 7,
-            event: Ok(heartbeat("n", T0)),
-        }])
+        .apply(
+            &[Input::unsigned(7, Ok(heartbeat("n", T0).into()))],
+            Outbox::Record,
+        )
         .unwrap();
     let db = Projections::open_existing(&path).unwrap();
     assert_eq!(db.last_seq().unwrap(), 7);
@@ -139,10 +130,7 @@ fn a_reopened_database_finds_its_hot_and_sealed_records_and_keeps_its_run_length
         .map(|i| ("node-a", i))
         .chain((0..9).map(|i| ("node-b", i)))
         .enumerate()
-        .map(|(seq, (node, i))| Input {
-            seq: seq as u64 + 1,
-            event: Ok(event(node, i)),
-        })
+        .map(|(seq, (node, i))| Input::unsigned(seq as u64 + 1, Ok(event(node, i).into())))
         .collect();
     let short = Options { run_len: 3 };
     let (first, second) = inputs.split_at(8);
@@ -150,11 +138,11 @@ fn a_reopened_database_finds_its_hot_and_sealed_records_and_keeps_its_run_length
     // Eight tasks: two runs of three sealed, two hot.
     Projections::open_with(&path, short)
         .unwrap()
-        .apply(first)
+        .apply(first, Outbox::Record)
         .unwrap();
     let reopened = Projections::open_with(&path, Options { run_len: 100 }).unwrap();
     // Each completed by a second node, and one new task.
-    reopened.apply(second).unwrap();
+    reopened.apply(second, Outbox::Record).unwrap();
     assert_eq!(reopened.record_counts().unwrap(), (9, 0, 0));
     for i in 0..8 {
         assert_eq!(
@@ -165,7 +153,7 @@ fn a_reopened_database_finds_its_hot_and_sealed_records_and_keeps_its_run_length
     }
     assert_eq!(reopened.task(&task(8)).unwrap().unwrap().reporting_nodes, 1);
     let whole = Projections::open_with(dir.path().join("whole.redb"), short).unwrap();
-    whole.apply(&inputs).unwrap();
+    whole.apply(&inputs, Outbox::Record).unwrap();
     assert_eq!(
         reopened.differences(&whole, 5).unwrap(),
         Vec::<String>::new()
@@ -220,17 +208,11 @@ fn differences_name_the_table_and_key() {
     let (_d1, a) = db();
     let (_d2, b) = db();
     let batch = [
-        Input {
-            seq: 1,
-            event: Ok(heartbeat("node-a", T0)),
-        },
-        Input {
-            seq: 2,
-            event: Ok(heartbeat("node-b", T0)),
-        },
+        Input::unsigned(1, Ok(heartbeat("node-a", T0).into())),
+        Input::unsigned(2, Ok(heartbeat("node-b", T0).into())),
     ];
-    a.apply(&batch).unwrap();
-    b.apply(&batch).unwrap();
+    a.apply(&batch, Outbox::Record).unwrap();
+    b.apply(&batch, Outbox::Record).unwrap();
     assert_eq!(a.differences(&b, 10).unwrap(), Vec::<String>::new());
     b.set_stream_identity("TRUEBIT_EVENTS@x").unwrap();
     assert!(
@@ -238,15 +220,15 @@ fn differences_name_the_table_and_key() {
         "the stream identity is not state"
     );
 
-    a.apply(&[Input {
-        seq: 3,
-        event: Ok(heartbeat("node-a", T0 + 1)),
-    }])
+    a.apply(
+        &[Input::unsigned(3, Ok(heartbeat("node-a", T0 + 1).into()))],
+        Outbox::Record,
+    )
     .unwrap();
-    b.apply(&[Input {
-        seq: 3,
-        event: Ok(heartbeat("node-c", T0 + 1)),
-    }])
+    b.apply(
+        &[Input::unsigned(3, Ok(heartbeat("node-c", T0 + 1).into()))],
+        Outbox::Record,
+    )
     .unwrap();
     let d = a.differences(&b, 100).unwrap();
     assert!(
@@ -271,18 +253,20 @@ fn differences_name_the_table_and_key() {
 fn a_checkpoint_is_the_same_state_and_can_be_opened_alone() {
     let (dir, db) = db();
     let batch: Vec<Input> = (1..=20)
-        .map(|seq| Input {
-            seq,
-            event: Ok(heartbeat(&format!("node-{}", seq % 3), T0 + seq as i64)),
+        .map(|seq| {
+            Input::unsigned(
+                seq,
+                Ok(heartbeat(&format!("node-{}", seq % 3), T0 + seq as i64).into()),
+            )
         })
         .collect();
-    db.apply(&batch).unwrap();
+    db.apply(&batch, Outbox::Record).unwrap();
     let path = dir.path().join("checkpoint.redb");
     assert_eq!(db.checkpoint_to(&path).unwrap(), 20);
-    db.apply(&[Input {
-        seq: 21,
-        event: Ok(heartbeat("node-9", T0)),
-    }])
+    db.apply(
+        &[Input::unsigned(21, Ok(heartbeat("node-9", T0).into()))],
+        Outbox::Record,
+    )
     .unwrap();
 
     let copy = Projections::open_existing(&path).unwrap();
@@ -293,7 +277,7 @@ fn a_checkpoint_is_the_same_state_and_can_be_opened_alone() {
     );
     let again = tempfile::tempdir().unwrap();
     let fresh = Projections::open(again.path().join("p.redb")).unwrap();
-    fresh.apply(&batch).unwrap();
+    fresh.apply(&batch, Outbox::Record).unwrap();
     assert_eq!(copy.differences(&fresh, 5).unwrap(), Vec::<String>::new());
 }
 
@@ -325,13 +309,10 @@ fn rewriting_the_same_records_does_not_grow_the_file() {
         let batch: Vec<Input> = (0..2000u32)
             .map(|task| {
                 seq += 1;
-                Input {
-                    seq,
-                    event: Ok(completion(task, round)),
-                }
+                Input::unsigned(seq, Ok(completion(task, round).into()))
             })
             .collect();
-        db.apply(&batch).unwrap();
+        db.apply(&batch, Outbox::Record).unwrap();
         sizes.push(std::fs::metadata(&path).unwrap().len());
     }
     let (settled, last) = (sizes[20], sizes[59]);
