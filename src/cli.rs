@@ -7,6 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 use truebit_streams::Period;
+use truebit_streams::{Mode, Permissions, PublicKey};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +52,9 @@ pub struct Global {
     /// NATS .creds file (JWT and nkey).
     #[arg(long, env = "NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
+    /// The root key of the key registry (a public key, U…), as `keys new-admin` printed it.
+    #[arg(long, env = "ADMIN_KEY", global = true, value_parser = parse_public_key)]
+    pub admin_key: Option<PublicKey>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +67,86 @@ pub enum Command {
     Init(TopologyArgs),
     /// Rebuild every projection from TRUEBIT_EVENTS (or verify the database against a rebuild).
     Replay(ReplayArgs),
+    /// Make key pairs, and issue, revoke and list the keys that may publish (contract §7).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make the root admin key pair: its seed to FILE (mode 0600), its public key printed for ADMIN_KEY.
+    NewAdmin {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a key pair on the machine that will use it: the seed to FILE, the public key printed.
+    New {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a key: make one (--out) or register the public key a node made (--public-key).
+    Issue {
+        #[arg(long)]
+        name: String,
+        /// Bind the key to this nodeId: it may publish as no other.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Messages per minute.
+        #[arg(long, default_value_t = truebit_streams::DEFAULT_RATE_LIMIT, value_parser = clap::value_parser!(u32).range(1..=truebit_streams::MAX_RATE_LIMIT as i64))]
+        rate_limit: u32,
+        /// An admin key, that may sign operator events (and not publish, unless --publish too).
+        #[arg(long)]
+        admin: bool,
+        /// With --admin: may publish node messages as well.
+        #[arg(long, requires = "admin")]
+        publish: bool,
+        /// Make the key pair here and write its seed to FILE.
+        #[arg(
+            long,
+            conflicts_with = "public_key",
+            required_unless_present = "public_key"
+        )]
+        out: Option<PathBuf>,
+        /// Register a key whose seed its node made and kept (`keys new`).
+        #[arg(long, value_parser = parse_public_key)]
+        public_key: Option<PublicKey>,
+        #[command(flatten)]
+        seed: AdminSeed,
+    },
+    /// Revoke a key: its messages are refused from this stream position on (in enforce).
+    Revoke {
+        #[arg(value_parser = parse_public_key)]
+        public_key: PublicKey,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        seed: AdminSeed,
+    },
+    /// Set the admission mode: open, audit or enforce.
+    Mode {
+        #[arg(value_parser = |m: &str| Mode::parse(m).ok_or_else(|| format!("{m:?} is not a mode: open, audit or enforce")))]
+        mode: Mode,
+        #[command(flatten)]
+        seed: AdminSeed,
+    },
+    /// The registry as folded: keys, permissions, rates, what each admitted and refused.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdminSeed {
+    /// The admin seed file that signs the operator event (mode 0600).
+    #[arg(long, env = "ADMIN_SEED")]
+    pub admin_seed: Option<PathBuf>,
+}
+
+fn parse_public_key(s: &str) -> Result<PublicKey, String> {
+    PublicKey::parse(s.trim()).ok_or_else(|| {
+        format!("{s:?} is not an nkey user public key: 56 characters starting with U, as `keys new` or `keys new-admin` prints (never the seed, which starts with SU)")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +276,7 @@ pub async fn run(
                 checkpoint_interval: args.checkpoint_interval,
                 checkpoints_kept: args.checkpoints_kept as usize,
                 ack_mode: args.ack_policy,
+                admin_key: cli.global.admin_key,
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())
@@ -223,10 +308,90 @@ pub async fn run(
                 to_seq: args.to_seq,
                 verify: args.verify,
                 allow_gap: args.allow_gap,
+                admin_key: cli.global.admin_key,
             };
             crate::replay(&config).await
         }
+        Command::Keys(command) => keys(&nats, &cli.global.db_path, command).await,
     }
+}
+
+async fn keys(
+    nats: &NatsConfig,
+    db_path: &std::path::Path,
+    command: KeysCommand,
+) -> Result<String, Error> {
+    use crate::keys::{Change, KeySource};
+    let (seed, change) = match command {
+        KeysCommand::NewAdmin { out } => {
+            let key = crate::keys::new_key(&out)?;
+            return Ok(format!(
+                "{key}\nthe admin seed is in {} (mode 0600); set ADMIN_KEY={key} for serve and replay, and sign operator events with --admin-seed {}\n",
+                out.display(),
+                out.display()
+            ));
+        }
+        KeysCommand::New { out } => {
+            let key = crate::keys::new_key(&out)?;
+            return Ok(format!(
+                "{key}\nthe seed is in {} (mode 0600) and never leaves this machine; give the operator this public key and your nodeId (`node --show-id`)\n",
+                out.display()
+            ));
+        }
+        KeysCommand::List { json } => {
+            let registry = crate::keys::list(nats, db_path).await?;
+            return Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&registry).expect("JSON values serialize")
+                )
+            } else {
+                crate::keys::render(&registry)
+            });
+        }
+        KeysCommand::Issue {
+            name,
+            node_id,
+            rate_limit,
+            admin,
+            publish,
+            out,
+            public_key,
+            seed,
+        } => {
+            let key = match (out, public_key) {
+                (Some(out), _) => KeySource::New(out),
+                (None, Some(k)) => KeySource::Public(k),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            (
+                seed,
+                Change::Issue {
+                    name,
+                    node_id,
+                    rate_limit,
+                    permissions: Permissions {
+                        publish: !admin || publish,
+                        admin,
+                    },
+                    key,
+                },
+            )
+        }
+        KeysCommand::Revoke {
+            public_key,
+            reason,
+            seed,
+        } => (
+            seed,
+            Change::Revoke {
+                key: public_key,
+                reason,
+            },
+        ),
+        KeysCommand::Mode { mode, seed } => (seed, Change::Mode(mode)),
+    };
+    crate::keys::publish(nats, seed.admin_seed.as_deref(), change).await
 }
 
 #[cfg(test)]

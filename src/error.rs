@@ -89,7 +89,8 @@ fn projections_exit_code(e: &truebit_projections::Error) -> i32 {
         | P::Locked { .. }
         | P::SchemaVersion { .. }
         | P::Open { .. }
-        | P::CreateDir { .. } => 2,
+        | P::CreateDir { .. }
+        | P::AdminKey { .. } => 2,
         P::Corrupt { .. } | P::Storage(_) => 1,
     }
 }

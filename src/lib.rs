@@ -25,6 +25,7 @@ mod dead_letters;
 mod error;
 mod files;
 mod init;
+pub mod keys;
 mod nats;
 mod publish;
 mod query;

@@ -26,6 +26,10 @@ impl Publisher {
         Publisher { client, kv, db }
     }
 
+    pub fn db(&self) -> Arc<Projections> {
+        self.db.clone()
+    }
+
     pub async fn snapshots(&self, at: Minute) -> Result<Vec<Snapshot>, crate::Error> {
         let db = self.db.clone();
         Ok(blocking(move || db.snapshots(at)).await?)

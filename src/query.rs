@@ -31,13 +31,17 @@ pub(crate) async fn answer(
     publisher: Publisher,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut requests = match client.subscribe(subjects::STATS_QUERY).await {
-        Ok(s) => s,
+    let (stats, keys) = match tokio::try_join!(
+        client.subscribe(subjects::STATS_QUERY),
+        client.subscribe(subjects::KEYS_QUERY)
+    ) {
+        Ok(both) => both,
         Err(e) => {
-            tracing::error!(error = %e, "cannot answer stats queries");
+            tracing::error!(error = %e, "cannot answer stats and keys queries");
             return;
         }
     };
+    let mut requests = futures::stream::select(stats, keys);
     loop {
         let request = tokio::select! {
             _ = stop.changed() => break,
@@ -46,10 +50,12 @@ pub(crate) async fn answer(
         let Some(reply) = request.reply.clone() else {
             continue;
         };
-        let answer = match respond(&publisher, &request.payload).await {
-            Ok(v) => v,
-            Err(e) => json!({ "error": e }),
+        let answered = if request.subject.as_str() == subjects::KEYS_QUERY {
+            registry(&publisher).await
+        } else {
+            respond(&publisher, &request.payload).await
         };
+        let answer = answered.unwrap_or_else(|e| json!({ "error": e }));
         let body = serde_json::to_vec(&answer).expect("JSON values serialize");
         if let Err(e) = client.publish(reply, body.into()).await {
             tracing::warn!(error = %e, "cannot answer a stats query");
@@ -78,12 +84,32 @@ async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, String>
     Ok(snapshot.to_period_message())
 }
 
+async fn registry(publisher: &Publisher) -> Result<Value, String> {
+    let db = publisher.db();
+    truebit_replay::task::blocking(move || crate::keys::registry_json(&db))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Asks a running `serve` for the key registry.
+pub(crate) async fn ask_keys(client: &async_nats::Client) -> Result<Value, Error> {
+    ask_on(client, subjects::KEYS_QUERY, Vec::new()).await
+}
+
 /// Asks a running `serve` for a snapshot.
 pub(crate) async fn ask(client: &async_nats::Client, query: &StatsQuery) -> Result<Value, Error> {
     let body = serde_json::to_vec(query).expect("a query serializes");
+    ask_on(client, subjects::STATS_QUERY, body).await
+}
+
+async fn ask_on(
+    client: &async_nats::Client,
+    subject: &'static str,
+    body: Vec<u8>,
+) -> Result<Value, Error> {
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
-        client.request(subjects::STATS_QUERY, body.into()),
+        client.request(subject, body.into()),
     )
     .await
     .map_err(|_| {
@@ -91,8 +117,7 @@ pub(crate) async fn ask(client: &async_nats::Client, query: &StatsQuery) -> Resu
     })?
     .map_err(|e| {
         Error::Remote(format!(
-            "{e}; the database is held by another process, but no serve answers on {}",
-            subjects::STATS_QUERY
+            "{e}; the database is held by another process, but no serve answers on {subject}"
         ))
     })?;
     let value: Value = serde_json::from_slice(&reply.payload)

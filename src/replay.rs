@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
+use truebit_streams::PublicKey;
 
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -18,6 +19,8 @@ pub struct ReplayConfig {
     pub to_seq: Option<u64>,
     pub verify: bool,
     pub allow_gap: bool,
+    /// The root key of the key registry: the live fold's.
+    pub admin_key: Option<PublicKey>,
 }
 
 /// How many differences `--verify` prints.
@@ -27,12 +30,20 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let client = config.nats.connect("truebit-federation replay").await?;
     let js = jetstream::new(client);
     if config.verify {
-        return verify(&js, &config.db_path, config.output.as_deref()).await;
+        return verify(
+            &js,
+            &config.db_path,
+            config.output.as_deref(),
+            config.admin_key.as_ref(),
+        )
+        .await;
     }
+    check_admin_key(&config.db_path, config.admin_key.as_ref()).await?;
     let options = truebit_replay::Options {
         to_seq: config.to_seq,
         prefer_checkpoint: true,
         allow_gap: config.allow_gap,
+        admin_key: config.admin_key.clone(),
     };
     if let Some(output) = &config.output {
         let rebuilt = run(&js, output, options).await?;
@@ -64,6 +75,7 @@ async fn verify(
     js: &jetstream::Context,
     db_path: &Path,
     keep: Option<&Path>,
+    admin_key: Option<&PublicKey>,
 ) -> Result<String, Error> {
     let path = db_path.to_path_buf();
     let live = blocking(move || Projections::open_existing(path)).await.map_err(|e| match e {
@@ -74,6 +86,7 @@ async fn verify(
         other => other.into(),
     })?;
     let live_seq = live.last_seq()?;
+    live.check_admin_key(admin_key)?;
     let target = match keep {
         Some(path) => path.to_path_buf(),
         None => {
@@ -88,6 +101,7 @@ async fn verify(
         to_seq: Some(live_seq),
         prefer_checkpoint: false,
         allow_gap: false,
+        admin_key: admin_key.cloned(),
     };
     let outcome = compare(js, live, &target, options).await;
     if keep.is_none() {
@@ -197,6 +211,22 @@ fn summary(rebuilt: &truebit_replay::Rebuilt, path: &Path) -> String {
         rebuilt.rate(),
         path.display()
     )
+}
+
+/// A rebuild must fold with the root key the live database was folded with (contract §7).
+async fn check_admin_key(db_path: &Path, configured: Option<&PublicKey>) -> Result<(), Error> {
+    if !db_path.exists() {
+        return Ok(());
+    }
+    let path = db_path.to_path_buf();
+    let configured = configured.cloned();
+    match blocking(move || Projections::open_existing(path)?.check_admin_key(configured.as_ref()))
+        .await
+    {
+        Err(e @ truebit_projections::Error::AdminKey { .. }) => Err(e.into()),
+        // Held by serve, or of another schema: the swap's own checks say so.
+        _ => Ok(()),
+    }
 }
 
 async fn ensure_free(db_path: &Path) -> Result<(), Error> {

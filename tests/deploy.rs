@@ -5,28 +5,62 @@ mod common;
 
 use async_nats::jetstream;
 use serde_json::json;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use truebit_federation::{serve, ServeConfig};
 use truebit_testkit::NatsServer;
 
-fn deploy_config() -> String {
+/// The shipped configuration with test passwords. The test server picks its own client port and
+/// store dir, and the HTTP port would clash between tests. The WebSocket listener gets `ws`'s
+/// port and certificate, or is left out.
+fn deploy_config(ws: Option<(u16, &Path, &Path)>) -> String {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nats-server.conf"
     ))
     .unwrap();
-    // The test server picks its own port and store dir; the HTTP port would clash between tests.
-    text.replace("$AGGREGATOR_PASSWORD", "\"agg-secret\"")
-        .replace("$NODE_PASSWORD", "\"node-secret\"")
-        .lines()
-        .filter(|l| {
-            ["http_port", "port:", "store_dir"]
-                .iter()
-                .all(|k| !l.trim_start().starts_with(k))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    let text = text
+        .replace("$AGGREGATOR_PASSWORD", "\"agg-secret\"")
+        .replace("$MONITOR_PASSWORD", "\"monitor-secret\"")
+        .replace("$OPERATOR_PASSWORD", "\"operator-secret\"");
+    let mut out = Vec::new();
+    let mut in_websocket = 0usize;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("websocket {") {
+            in_websocket = 1;
+            if ws.is_none() {
+                continue;
+            }
+        } else if in_websocket > 0 {
+            in_websocket += line.matches('{').count();
+            in_websocket -= line.matches('}').count();
+            match ws {
+                None => continue,
+                Some((port, cert, key)) => {
+                    if t.starts_with("port:") {
+                        out.push(format!("  port: {port}"));
+                    } else if t.starts_with("cert_file") {
+                        out.push(format!("    cert_file: {:?}", cert.display().to_string()));
+                    } else if t.starts_with("key_file") {
+                        out.push(format!("    key_file: {:?}", key.display().to_string()));
+                    } else {
+                        out.push(line.to_string());
+                    }
+                    continue;
+                }
+            }
+        }
+        if ["http_port", "port:", "store_dir"]
+            .iter()
+            .any(|k| t.starts_with(k))
+        {
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    out.join("\n")
 }
 
 async fn connect(server: &NatsServer, user: &str, password: &str) -> async_nats::Client {
@@ -40,7 +74,7 @@ async fn connect(server: &NatsServer, user: &str, password: &str) -> async_nats:
 
 #[tokio::test]
 async fn nodes_publish_events_and_read_stats_and_nothing_more() {
-    let server = NatsServer::start_with_config(&deploy_config());
+    let server = NatsServer::start_with_config(&deploy_config(None));
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServeConfig::new(server.url(), dir.path().join("a.redb"));
     config.publish_interval = Duration::from_millis(200);
@@ -51,7 +85,7 @@ async fn nodes_publish_events_and_read_stats_and_nothing_more() {
         let _ = stopped.await;
     }));
 
-    let node = connect(&server, "node", "node-secret").await;
+    let node = connect(&server, "monitor", "monitor-secret").await;
     let mut stats = node.subscribe("truebit.stats.aggregated").await.unwrap();
     // The first snapshot means the topology exists: before it, nothing would capture the event.
     use futures::StreamExt;
@@ -116,7 +150,97 @@ async fn nodes_publish_events_and_read_stats_and_nothing_more() {
         denied.is_err(),
         "nodes cannot query the aggregator directly"
     );
+    let admin = js
+        .publish("truebit.admin.keys", "{}".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(admin.is_err(), "nodes cannot publish operator events");
+
+    // Only the operator's user may: JetStream stores (and the fold will judge) what it sends.
+    let operator = connect(&server, "operator", "operator-secret").await;
+    let stored = jetstream::new(operator)
+        .publish("truebit.admin.keys", "{}".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(stored.is_ok(), "{stored:?}");
+    let aggregator_user = connect(&server, "aggregator", "agg-secret").await;
+    let refused = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(aggregator_user)
+        .publish("truebit.admin.keys", "{}".into())
+        .await
+        .unwrap()
+        .await;
+    assert!(refused.is_err(), "not even the aggregator's user");
 
     let _ = stop.send(());
     aggregator.await.unwrap().unwrap();
+}
+
+/// Today's monitors connect over `wss://` as user `monitor`: the shipped WebSocket listener with
+/// TLS takes them, and what they publish there is captured like anything else.
+#[tokio::test]
+async fn a_monitor_connects_over_websocket_with_tls_and_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    // A port the kernel hands out, given back for nats-server to listen on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = NatsServer::start_with_config(&deploy_config(Some((port, &cert_path, &key_path))));
+    let admin = async_nats::ConnectOptions::with_user_and_password(
+        "aggregator".into(),
+        "agg-secret".into(),
+    )
+    .connect(server.url())
+    .await
+    .unwrap();
+    truebit_federation::topology::ensure(&jetstream::new(admin.clone()), &Default::default())
+        .await
+        .unwrap();
+
+    let monitor = async_nats::ConnectOptions::with_user_and_password(
+        "monitor".into(),
+        "monitor-secret".into(),
+    )
+    .add_root_certificates(cert_path.clone())
+    .connect(format!("wss://localhost:{port}"))
+    .await
+    .expect("a monitor connects over wss:// with the hub's certificate");
+    let body = json!({"version": "1.0", "type": "node_joined", "timestamp": chrono::Utc::now().to_rfc3339(),
+        "nodeId": "node-ws", "data": {"status": "online"}});
+    let ack = jetstream::new(monitor)
+        .publish(
+            "truebit.nodes.joined",
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("JetStream stores what came over the WebSocket");
+    let stored = jetstream::new(admin)
+        .get_stream("TRUEBIT_EVENTS")
+        .await
+        .unwrap()
+        .get_raw_message(ack.sequence)
+        .await
+        .unwrap();
+    assert_eq!(stored.payload, serde_json::to_vec(&body).unwrap());
+
+    let plain = async_nats::ConnectOptions::with_user_and_password(
+        "monitor".into(),
+        "monitor-secret".into(),
+    )
+    .connection_timeout(Duration::from_secs(2))
+    .connect(format!("ws://localhost:{port}"))
+    .await;
+    assert!(plain.is_err(), "the WebSocket listener speaks TLS only");
 }

@@ -3,66 +3,11 @@
 mod common;
 
 use async_nats::jetstream;
+use common::process::{command, run, spawn_serve, spawn_serve_with};
 use futures::StreamExt;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use truebit_projections::Projections;
-use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGKILL, SIGTERM};
-
-const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
-
-fn command(url: &str, db: &Path) -> Command {
-    let mut c = Command::new(BIN);
-    c.env("NATS_URL", url)
-        .env("DB_PATH", db)
-        .env("PUBLISH_INTERVAL", "200")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
-    c
-}
-
-/// Starts `serve` and returns it once it logged that it is serving, with its log lines. It is
-/// killed when dropped, so that a failed assertion leaves no process behind.
-fn spawn_serve(url: &str, db: &Path) -> (Reaped, mpsc::Receiver<String>) {
-    spawn_serve_with(command(url, db))
-}
-
-/// [`spawn_serve`] with a command of the caller's.
-fn spawn_serve_with(mut command: Command) -> (Reaped, mpsc::Receiver<String>) {
-    let mut child = Reaped(
-        command
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(common::PATIENCE)
-            .expect("serve logs that it is serving");
-        if line.contains("serving") {
-            return (child, rx);
-        }
-        assert!(
-            !line.contains("ERROR") && !line.starts_with("error"),
-            "serve failed: {line}"
-        );
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap()
-}
+use truebit_testkit::{signal, Fleet, NatsServer, SIGKILL, SIGTERM};
 
 async fn publish_fleet(
     js: &jetstream::Context,

@@ -25,11 +25,13 @@ use futures::StreamExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use truebit_projections::Refusal;
-use truebit_projections::{Applied, Input, Projections};
+use truebit_projections::{Applied, Outbox, Projections};
 use truebit_streams::names::{checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET, EVENTS_STREAM};
+use truebit_streams::{PublicKey, Verifier};
 
+mod input;
 pub mod task;
+pub use input::input;
 use task::{blocking, joined};
 
 /// Messages folded per database transaction during a rebuild: large, because a commit's cost
@@ -37,7 +39,7 @@ use task::{blocking, joined};
 const BATCH: usize = 20_000;
 
 /// How a rebuild starts and ends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     /// Stop at this sequence (default: the stream's last when the rebuild starts).
     pub to_seq: Option<u64>,
@@ -46,6 +48,9 @@ pub struct Options {
     pub prefer_checkpoint: bool,
     /// Rebuild without the events that neither the stream nor a checkpoint holds any more.
     pub allow_gap: bool,
+    /// The root key (`ADMIN_KEY`) to fold the key registry with: the live fold's, or the
+    /// rebuild decides otherwise than it did.
+    pub admin_key: Option<PublicKey>,
 }
 
 /// What a rebuild did.
@@ -167,10 +172,12 @@ pub async fn rebuild(
         });
     }
     let path = output.to_path_buf();
+    let admin_key = options.admin_key.clone();
     let db = Arc::new(
         blocking(move || {
             let db = Projections::open(path)?;
             db.set_stream_identity(&identity)?;
+            db.bind_admin_key(admin_key.as_ref())?;
             Ok(db)
         })
         .await?,
@@ -208,6 +215,7 @@ pub async fn rebuild(
     // Reading and validating the next batch overlaps with committing the previous one: a
     // rebuild costs the slower of the two stages, not their sum.
     let mut batch = Vec::with_capacity(BATCH);
+    let mut verifier = Verifier::new();
     let mut committing: Option<
         tokio::task::JoinHandle<Result<Applied, truebit_projections::Error>>,
     > = None;
@@ -229,13 +237,14 @@ pub async fn rebuild(
         // The target itself may have been deleted: the first message past it ends the rebuild.
         done = info.stream_sequence >= target;
         if info.stream_sequence <= target {
-            // A replay counts refusals; it never publishes their dead letters.
-            let event = truebit_streams::validate(&msg.subject, &msg.payload, info.published)
-                .map_err(Refusal::from);
-            batch.push(Input {
-                seq: info.stream_sequence,
-                event,
-            });
+            batch.push(input(
+                &mut verifier,
+                info.stream_sequence,
+                &msg.subject,
+                &msg.payload,
+                msg.headers.as_ref(),
+                info.published,
+            ));
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
             if let Some(previous) = committing.take() {
@@ -243,7 +252,10 @@ pub async fn rebuild(
             }
             let inputs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             let db = db.clone();
-            committing = Some(tokio::task::spawn_blocking(move || db.apply(&inputs)));
+            // A replay counts refusals; it never publishes their dead letters.
+            committing = Some(tokio::task::spawn_blocking(move || {
+                db.apply(&inputs, Outbox::Skip)
+            }));
         }
     }
     if let Some(last) = committing {

@@ -6,7 +6,7 @@ use crate::Error;
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
-use truebit_projections::{Input, Projections};
+use truebit_projections::{Input, Outbox, Projections};
 use truebit_replay::task::blocking;
 
 /// The most messages one commit folds, when that many have queued up.
@@ -50,7 +50,7 @@ pub(crate) async fn commit(
         if !inputs.is_empty() {
             let db = db.clone();
             let (done, emptied) = blocking(move || {
-                let done = db.apply(&inputs)?;
+                let done = db.apply(&inputs, Outbox::Record)?;
                 inputs.clear();
                 Ok((done, inputs))
             })

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use truebit_projections::Projections;
 use truebit_replay::task::{blocking, joined};
+use truebit_streams::{PublicKey, Verifier};
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct ServeConfig {
     pub checkpoints_kept: usize,
     /// How the durable consumer is acked after each commit.
     pub ack_mode: AckMode,
+    /// The root key of the key registry (contract §7): the first admin.
+    pub admin_key: Option<PublicKey>,
 }
 
 impl ServeConfig {
@@ -52,6 +55,7 @@ impl ServeConfig {
             checkpoint_interval: Duration::from_secs(3600),
             checkpoints_kept: 3,
             ack_mode: AckMode::default(),
+            admin_key: None,
         }
     }
 }
@@ -75,7 +79,15 @@ pub async fn serve(
     let js = jetstream::new(client.clone());
     let topology = topology::ensure(&js, &config.topology).await?;
     let path = config.db_path.clone();
-    let db = Arc::new(blocking(move || Projections::open(path)).await?);
+    let admin_key = config.admin_key.clone();
+    let db = Arc::new(
+        blocking(move || {
+            let db = Projections::open(path)?;
+            db.bind_admin_key(admin_key.as_ref())?;
+            Ok(db)
+        })
+        .await?,
+    );
     let applied = {
         let db = db.clone();
         blocking(move || db.last_seq()).await?
@@ -117,6 +129,7 @@ pub async fn serve(
     let receiver = Receiver {
         events: topology.events.clone(),
         order: Order::new(applied),
+        verifier: Verifier::new(),
         stop: stop.clone(),
     };
     let receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
-use truebit_projections::{Input, Refusal};
-use truebit_streams::validate;
+use truebit_replay::input;
+use truebit_streams::Verifier;
 
 /// How long a batch waits to fill before it is handed on as it is.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
@@ -28,12 +28,14 @@ struct Stored {
     seq: u64,
     subject: String,
     payload: Bytes,
+    headers: Option<async_nats::HeaderMap>,
     time: DateTime<Utc>,
 }
 
 pub(crate) struct Receiver {
     pub events: Stream,
     pub order: Order,
+    pub verifier: Verifier,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -99,6 +101,7 @@ impl Receiver {
                         seq: *seq,
                         subject: msg.subject.to_string(),
                         payload: msg.payload.clone(),
+                        headers: msg.headers.clone(),
                         time: *time,
                     });
                 }
@@ -117,12 +120,15 @@ impl Receiver {
 
         let inputs = stored
             .iter()
-            .map(|m| Input {
-                seq: m.seq,
-                event: validate(&m.subject, &m.payload, m.time).map_err(|rejection| {
-                    tracing::debug!(seq = m.seq, reason = %rejection.reason, path = rejection.path.as_deref().unwrap_or(""), "refused");
-                    Refusal::dead_lettered(&rejection, &m.subject, m.seq, &m.payload)
-                }),
+            .map(|m| {
+                input(
+                    &mut self.verifier,
+                    m.seq,
+                    &m.subject,
+                    &m.payload,
+                    m.headers.as_ref(),
+                    m.time,
+                )
             })
             .collect();
         let acks = delivered
@@ -146,6 +152,7 @@ async fn read_range(events: &Stream, from: u64, to: u64) -> Result<Vec<Stored>, 
                     seq: raw.sequence,
                     subject: raw.subject.to_string(),
                     payload: raw.payload,
+                    headers: Some(raw.headers),
                     time: raw.time,
                 });
             }

@@ -69,15 +69,16 @@ fn main() {
         let mut inputs = Vec::new();
         chunk.for_each(CHUNK.min(args.tasks - first), |m| {
             seq += 1;
-            let event = truebit_streams::validate(m.subject, &m.payload, stored_at);
-            inputs.push(Input {
+            let event = truebit_streams::read(m.subject, &m.payload, stored_at);
+            inputs.push(Input::unsigned(
                 seq,
-                event: event.map_err(truebit_projections::Refusal::from),
-            });
+                event.map_err(truebit_projections::Refusal::from),
+            ));
         });
         for batch in inputs.chunks(args.commit) {
             let started = Instant::now();
-            db.apply(batch).unwrap();
+            db.apply(batch, truebit_projections::Outbox::Record)
+                .unwrap();
             let took = started.elapsed();
             folded_in += took;
             lap_time += took;

@@ -13,6 +13,13 @@
 //!    every period, and the size and write time of one checkpoint.
 //!
 //! `--events 32000000` folds ten million tasks: about 15 GB of stream and 25 minutes here.
+//!
+//! `--signed` makes every node sign every message with a key of its own (contract §7), issued
+//! and bound to its nodeId by operator events at the head of the stream, which then switch the
+//! network to `enforce`. `serve` folds that stream twice: with the `ADMIN_KEY` that signed the
+//! operator events (every message checked against the registry, in `enforce`), and with another
+//! one (the operator events are refused, so the network stays `open`: signatures are still
+//! checked ahead of the fold, the registry is not asked).
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use futures::StreamExt;
@@ -20,6 +27,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
+use truebit_streams::subjects::ADMIN_KEYS;
+use truebit_streams::{operator_payload, KeyGrant, Mode, OperatorKind, Permissions, SigningKey};
 use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGTERM};
 
 /// Events per simulated task, on average (receipt, completion, invoice, heartbeats, repeats).
@@ -27,10 +36,14 @@ const EVENTS_PER_TASK: f64 = 3.2;
 
 struct Args {
     events: u64,
+    signed: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { events: 500_000 };
+    let mut a = Args {
+        events: 500_000,
+        signed: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -41,6 +54,9 @@ fn args() -> Args {
         // cargo bench passes --bench too
         if flag == "--events" {
             a.events = value();
+        }
+        if flag == "--signed" {
+            a.signed = true;
         }
     }
     a
@@ -53,8 +69,14 @@ fn main() {
     let fleet = Fleet::new(1000, 2026);
     let tasks = (args.events as f64 / EVENTS_PER_TASK) as u64;
 
-    let (events, publish_secs, bytes) = rt.block_on(fill(&server, &fleet, tasks));
-    println!("stream     {events} events ({:.0} bytes each) for {tasks} tasks from {} nodes, published in {publish_secs:.1} s", bytes as f64 / events as f64, fleet.nodes);
+    let keys = args.signed.then(|| Keys::new(fleet.nodes));
+    let (events, publish_secs, bytes) = rt.block_on(fill(&server, &fleet, tasks, keys.as_ref()));
+    println!(
+        "stream     {events} events ({:.0} bytes each) for {tasks} tasks from {} nodes, published in {publish_secs:.1} s{}",
+        bytes as f64 / events as f64,
+        fleet.nodes,
+        if args.signed { ", every message signed, enforce" } else { "" }
+    );
 
     let raw = rt.block_on(raw_consume(&server, events, AckPolicy::All));
     println!("raw        {raw:>9.0} events/s  (pull consumer, one ack per 1000-message batch)");
@@ -65,8 +87,39 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().unwrap();
+    if let Some(keys) = &keys {
+        let open_path = dir.path().join("open.redb");
+        let stranger = truebit_streams::SigningKey::generate();
+        let env = [("ADMIN_KEY", stranger.public_key().to_string())];
+        let (fold, rss_kib) = serve_catch_up(&server, events, &open_path, "all", &env);
+        println!(
+            "serve      {:>9.0} events/s  catch-up fold, signed stream left open (another ADMIN_KEY), {:.2} x raw; peak RSS {:.1} MiB",
+            fold,
+            fold / raw,
+            rss_kib as f64 / 1024.0
+        );
+        std::fs::remove_file(&open_path).unwrap();
+        let enforce_path = dir.path().join("enforce.redb");
+        let env = [("ADMIN_KEY", keys.root.public_key().to_string())];
+        let (fold, rss_kib) = serve_catch_up(&server, events, &enforce_path, "all", &env);
+        println!(
+            "serve      {:>9.0} events/s  catch-up fold, signed stream in enforce, {:.2} x raw; peak RSS {:.1} MiB",
+            fold,
+            fold / raw,
+            rss_kib as f64 / 1024.0
+        );
+        let db = Projections::open_existing(&enforce_path).unwrap();
+        let checked = db.admission_counts().unwrap();
+        assert!(
+            db.rejections().unwrap().is_empty() && checked.len() == 1,
+            "every signed message admitted: {checked:?}, refused {:?}",
+            db.rejections().unwrap()
+        );
+        println!("admission  {checked:?}");
+        return;
+    }
     let explicit_path = dir.path().join("explicit.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &explicit_path, "explicit");
+    let (fold, rss_kib) = serve_catch_up(&server, events, &explicit_path, "explicit", &[]);
     println!(
         "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=explicit, {:.2} x raw, {:.2} x raw with one ack per message; peak RSS {:.1} MiB",
         fold,
@@ -76,7 +129,7 @@ fn main() {
     );
     std::fs::remove_file(&explicit_path).unwrap();
     let db_path = dir.path().join("bench.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path, "all");
+    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path, "all", &[]);
     println!(
         "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=all, {:.2} x raw, {:.2} x raw with one ack per message",
         fold,
@@ -116,9 +169,79 @@ fn main() {
     );
 }
 
+/// A key per node, and the root key that issues them.
+struct Keys {
+    root: SigningKey,
+    nodes: Vec<SigningKey>,
+}
+
+impl Keys {
+    fn new(nodes: u64) -> Self {
+        Keys {
+            root: SigningKey::generate(),
+            nodes: (0..nodes).map(|_| SigningKey::generate()).collect(),
+        }
+    }
+
+    /// The operator events that admit every node, bound to its nodeId, then `enforce`.
+    fn registry(&self, fleet: &Fleet) -> Vec<(String, Vec<u8>, async_nats::HeaderMap)> {
+        let now = chrono::Utc::now();
+        let mut kinds: Vec<OperatorKind> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(n, key)| {
+                OperatorKind::KeyIssued(KeyGrant {
+                    key: key.public_key().clone(),
+                    name: format!("node {n}"),
+                    node_id: Some(fleet.node_id(n as u64)),
+                    permissions: Permissions {
+                        publish: true,
+                        admin: false,
+                    },
+                    // A simulated node publishes its whole history in about a minute.
+                    rate_limit: truebit_streams::MAX_RATE_LIMIT,
+                })
+            })
+            .collect();
+        kinds.push(OperatorKind::AdmissionSet {
+            mode: Mode::Enforce,
+        });
+        kinds
+            .iter()
+            .map(|kind| {
+                let payload = operator_payload(kind, now);
+                let headers = headers(&self.root, ADMIN_KEYS, &payload, None);
+                (ADMIN_KEYS.to_string(), payload, headers)
+            })
+            .collect()
+    }
+}
+
+fn headers(
+    key: &SigningKey,
+    subject: &str,
+    payload: &[u8],
+    msg_id: Option<&str>,
+) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in key.sign(subject, payload) {
+        headers.insert(name, value.as_str());
+    }
+    if let Some(id) = msg_id {
+        headers.insert("Nats-Msg-Id", id);
+    }
+    headers
+}
+
 /// Publishes the fleet's messages for `tasks` tasks, a million tasks' worth at a time so that
-/// a ten-million-task stream never sits in memory whole.
-async fn fill(server: &NatsServer, fleet: &Fleet, tasks: u64) -> (u64, f64, u64) {
+/// a ten-million-task stream never sits in memory whole; signed by each node's key if `keys`.
+async fn fill(
+    server: &NatsServer,
+    fleet: &Fleet,
+    tasks: u64,
+    keys: Option<&Keys>,
+) -> (u64, f64, u64) {
     const CHUNK: u64 = 1_000_000;
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
@@ -127,6 +250,9 @@ async fn fill(server: &NatsServer, fleet: &Fleet, tasks: u64) -> (u64, f64, u64)
         .unwrap();
     let started = Instant::now();
     let (mut bytes, mut last) = (0u64, 0u64);
+    if let Some(keys) = keys {
+        last = truebit_testkit::publish_all_with_headers(&js, keys.registry(fleet)).await;
+    }
     let mut first = 0;
     while first < tasks {
         let chunk = Fleet {
@@ -135,13 +261,28 @@ async fn fill(server: &NatsServer, fleet: &Fleet, tasks: u64) -> (u64, f64, u64)
         };
         let (messages, _) = chunk.generate(CHUNK.min(tasks - first));
         bytes += messages.iter().map(|m| m.payload.len() as u64).sum::<u64>();
-        last = truebit_testkit::publish_all(
-            &js,
-            messages
-                .iter()
-                .map(|m| (m.subject, m.payload.as_slice(), Some(m.msg_id.as_str()))),
-        )
-        .await;
+        last = match keys {
+            None => {
+                truebit_testkit::publish_all(
+                    &js,
+                    messages
+                        .iter()
+                        .map(|m| (m.subject, m.payload.as_slice(), Some(m.msg_id.as_str()))),
+                )
+                .await
+            }
+            Some(keys) => {
+                truebit_testkit::publish_all_with_headers(
+                    &js,
+                    messages.into_iter().map(|m| {
+                        let key = &keys.nodes[m.node as usize];
+                        let h = headers(key, m.subject, &m.payload, Some(&m.msg_id));
+                        (m.subject.to_string(), m.payload, h)
+                    }),
+                )
+                .await
+            }
+        };
         first += CHUNK;
     }
     (last, started.elapsed().as_secs_f64(), bytes)
@@ -197,6 +338,7 @@ fn serve_catch_up(
     events: u64,
     db_path: &std::path::Path,
     ack_policy: &str,
+    env: &[(&str, String)],
 ) -> (f64, u64) {
     let mut child = Reaped(
         Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
@@ -204,6 +346,7 @@ fn serve_catch_up(
             .env("NATS_URL", server.url())
             .env("DB_PATH", db_path)
             .env("ACK_POLICY", ack_policy)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a served aggregator over a real nats-server of the test's own.
 #![allow(dead_code)] // each test binary uses its own part of this
 
+pub mod process;
+
 use async_nats::jetstream;
 use futures::StreamExt;
 use std::path::PathBuf;

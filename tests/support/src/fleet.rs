@@ -14,6 +14,8 @@ pub struct Simulated {
     pub payload: Vec<u8>,
     /// Unique per publication, for JetStream's duplicate window.
     pub msg_id: String,
+    /// The node that publishes it (see [`Fleet::node_id`]).
+    pub node: u64,
 }
 
 /// What folding a simulated stream must give.
@@ -85,13 +87,14 @@ impl Fleet {
         let mut exp = Expected::default();
         let mut joined: HashSet<u64> = HashSet::new();
         let mut counter = 0u64;
-        let mut send = |subject: &'static str, payload: String, exp: &mut Expected| {
+        let mut send = |subject: &'static str, payload: String, node: u64, exp: &mut Expected| {
             counter += 1;
             exp.events += 1;
             emit(Simulated {
                 subject,
                 payload: payload.into_bytes(),
                 msg_id: format!("sim-{}-{}-{counter}", self.seed, self.first_task),
+                node,
             });
         };
         let start = self.end - self.span;
@@ -109,6 +112,7 @@ impl Fleet {
                         r#"{{"version":"1.0","type":"node_joined","nodeId":"{}","timestamp":"{ts}","data":{{"status":"online"}}}}"#,
                         self.node_id(node)
                     ),
+                    node,
                     &mut exp,
                 );
             }
@@ -127,6 +131,7 @@ impl Fleet {
                         900 + i,
                         location(lat, lon)
                     ),
+                    node,
                     &mut exp,
                 );
             }
@@ -143,6 +148,7 @@ impl Fleet {
             send(
                 "truebit.tasks.received",
                 received.replace("{NODE}", &self.node_id(node)),
+                node,
                 &mut exp,
             );
             if rng.below(100) < 10 && self.nodes > 1 {
@@ -157,12 +163,14 @@ impl Fleet {
                             r#"{{"version":"1.0","type":"node_joined","nodeId":"{}","timestamp":"{ts}","data":{{"status":"online"}}}}"#,
                             self.node_id(other)
                         ),
+                        other,
                         &mut exp,
                     );
                 }
                 send(
                     "truebit.tasks.received",
                     received.replace("{NODE}", &self.node_id(other)),
+                    other,
                     &mut exp,
                 );
             }
@@ -182,9 +190,9 @@ impl Fleet {
             );
             if rng.below(100) < 5 {
                 // The monitor republished after a reconnect: same body, new publication.
-                send("truebit.tasks.completed", completed.clone(), &mut exp);
+                send("truebit.tasks.completed", completed.clone(), node, &mut exp);
             }
-            send("truebit.tasks.completed", completed, &mut exp);
+            send("truebit.tasks.completed", completed, node, &mut exp);
 
             if rng.below(100) < 60 {
                 exp.invoices += 1;
@@ -197,6 +205,7 @@ impl Fleet {
                         MAGNITUDE[rng.below(6) as usize],
                         MEMORY[rng.below(5) as usize]
                     ),
+                    node,
                     &mut exp,
                 );
             }

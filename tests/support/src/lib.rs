@@ -11,7 +11,7 @@ mod publish;
 mod server;
 
 pub use fleet::{Expected, Fleet, Simulated};
-pub use publish::publish_all;
+pub use publish::{publish_all, publish_all_with_headers};
 pub use server::{signal, NatsServer, Reaped, SIGINT, SIGKILL, SIGTERM};
 
 use std::path::PathBuf;

@@ -40,3 +40,29 @@ pub async fn publish_all<'a>(
     }
     last
 }
+
+/// Publishes `(subject, payload, headers)` in order and returns the stream sequence of the last
+/// one stored: for messages that carry more than a `Nats-Msg-Id` (signatures, say).
+pub async fn publish_all_with_headers(
+    js: &Context,
+    messages: impl IntoIterator<Item = (String, Vec<u8>, HeaderMap)>,
+) -> u64 {
+    let mut last = 0;
+    let mut acks = Vec::with_capacity(IN_FLIGHT);
+    for (subject, payload, headers) in messages {
+        acks.push(
+            js.publish_with_headers(subject, headers, payload.into())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() == IN_FLIGHT {
+            for ack in acks.drain(..) {
+                last = ack.await.expect("JetStream stores the message").sequence;
+            }
+        }
+    }
+    for ack in acks {
+        last = ack.await.expect("JetStream stores the message").sequence;
+    }
+    last
+}

@@ -1,0 +1,61 @@
+//! The binary as an operator runs it, for the tests that run it: `serve` killed on drop, its log
+//! lines read as it writes them.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use truebit_testkit::Reaped;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
+
+pub fn command(url: &str, db: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("NATS_URL", url)
+        .env("DB_PATH", db)
+        .env("PUBLISH_INTERVAL", "200")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Starts `serve` and returns it once it logged that it is serving, with its log lines. It is
+/// killed when dropped, so that a failed assertion leaves no process behind.
+pub fn spawn_serve(url: &str, db: &Path) -> (Reaped, mpsc::Receiver<String>) {
+    spawn_serve_with(command(url, db))
+}
+
+/// [`spawn_serve`] with a command of the caller's.
+pub fn spawn_serve_with(mut command: Command) -> (Reaped, mpsc::Receiver<String>) {
+    let mut child = Reaped(
+        command
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(super::PATIENCE)
+            .expect("serve logs that it is serving");
+        if line.contains("serving") {
+            return (child, rx);
+        }
+        assert!(
+            !line.contains("ERROR") && !line.starts_with("error"),
+            "serve failed: {line}"
+        );
+    }
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
