@@ -143,6 +143,20 @@ pub struct AdminSeed {
     pub admin_seed: Option<PathBuf>,
 }
 
+/// An instance name becomes part of a consumer's name: 1-32 characters of `[A-Za-z0-9_-]`.
+fn parse_instance(s: &str) -> Result<String, String> {
+    let ok = (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an instance name: 1-32 characters of letters, digits, '_' and '-'"
+        ))
+    }
+}
+
 fn parse_public_key(s: &str) -> Result<PublicKey, String> {
     PublicKey::parse(s.trim()).ok_or_else(|| {
         format!("{s:?} is not an nkey user public key: 56 characters starting with U, as `keys new` or `keys new-admin` prints (never the seed, which starts with SU)")
@@ -184,6 +198,10 @@ pub struct ServeArgs {
     /// `explicit` (one per message); both only after the commit.
     #[arg(long, env = "ACK_POLICY", default_value = "all", value_parser = |s: &str| AckMode::parse(s).ok_or_else(|| format!("{s:?} is not an ack policy; write all or explicit")))]
     pub ack_policy: AckMode,
+    /// This instance's name, when several serve (contract §9): its consumer is
+    /// aggregator-NAME, and it needs a database of its own.
+    #[arg(long, env = "INSTANCE", value_parser = parse_instance)]
+    pub instance: Option<String>,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -277,6 +295,7 @@ pub async fn run(
                 checkpoints_kept: args.checkpoints_kept as usize,
                 ack_mode: args.ack_policy,
                 admin_key: cli.global.admin_key,
+                instance: args.instance,
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())

@@ -4,6 +4,7 @@
 //! between the two sends it again, and JetStream's duplicate window stores it once.
 
 use crate::backoff::Backoff;
+use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
@@ -25,14 +26,18 @@ pub(crate) async fn publish(
     js: jetstream::Context,
     db: Arc<Projections>,
     mut applied: watch::Receiver<u64>,
+    leader: Leader,
 ) {
     let mut backoff = Backoff::new();
+    // A new leader sends what its outbox holds at once, not at the next commit.
+    let mut became = leader.subscribe();
     loop {
-        match drain(&js, &db).await {
+        match drain(&js, &db, &leader).await {
             Ok(()) => {
                 backoff.reset();
-                if applied.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { break },
+                    Ok(()) = became.changed() => {}
                 }
             }
             Err(e) => {
@@ -45,7 +50,7 @@ pub(crate) async fn publish(
         }
     }
     // Bounded, so that a stop while NATS is away does not hang: what is left waits on disk.
-    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db)).await {
+    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "stopping with dead letters in the outbox; the next start sends them")
@@ -56,9 +61,17 @@ pub(crate) async fn publish(
     }
 }
 
-/// Sends everything in the outbox; an error leaves the unsent part there.
-async fn drain(js: &jetstream::Context, db: &Arc<Projections>) -> Result<(), Error> {
+/// Sends everything in the outbox while this instance leads; an error leaves the unsent part
+/// there. An instance that does not lead keeps its outbox for the day it does (contract §9).
+async fn drain(
+    js: &jetstream::Context,
+    db: &Arc<Projections>,
+    leader: &Leader,
+) -> Result<(), Error> {
     loop {
+        if !leader.leading() {
+            return Ok(());
+        }
         let pending = {
             let db = db.clone();
             blocking(move || db.pending_dead_letters(CHUNK)).await?

@@ -26,6 +26,7 @@ mod error;
 mod files;
 mod init;
 pub mod keys;
+mod leader;
 mod nats;
 mod publish;
 mod query;

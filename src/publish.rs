@@ -1,12 +1,16 @@
 //! Snapshots out: `truebit.stats.aggregated` and the `truebit-stats` KV bucket.
 
+use crate::leader::Leader;
+use crate::Error;
 use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
+use futures::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
-use truebit_streams::names::HEADER_LAST_SEQ;
+use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ};
 use truebit_streams::{subjects, Minute, Snapshot};
 
 #[derive(Clone)]
@@ -14,6 +18,43 @@ pub(crate) struct Publisher {
     client: async_nats::Client,
     kv: kv::Store,
     db: Arc<Projections>,
+    leader: Leader,
+    /// Named on every snapshot, so that an operator sees which instance published it.
+    instance: String,
+}
+
+/// The highest `Truebit-Last-Seq` seen on `truebit.stats.aggregated`, whoever published it: how
+/// far an instance must have folded before it may take the lease (contract §9).
+#[derive(Clone, Default)]
+pub(crate) struct Published(Arc<AtomicU64>);
+
+impl Published {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Follows `truebit.stats.aggregated` for as long as the client lives.
+pub(crate) async fn last_published(client: &async_nats::Client) -> Result<Published, Error> {
+    let mut snapshots = client
+        .subscribe(subjects::STATS_AGGREGATED)
+        .await
+        .map_err(|e| Error::nats("following the published snapshots", e))?;
+    let published = Published::default();
+    let seen = published.clone();
+    tokio::spawn(async move {
+        while let Some(m) = snapshots.next().await {
+            let seq = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_LAST_SEQ))
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            if let Some(seq) = seq {
+                seen.0.fetch_max(seq, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(published)
 }
 
 /// The current minute: the snapshot time `T` of contract §5.1.
@@ -22,8 +63,20 @@ pub(crate) fn now_minute() -> Minute {
 }
 
 impl Publisher {
-    pub fn new(client: async_nats::Client, kv: kv::Store, db: Arc<Projections>) -> Self {
-        Publisher { client, kv, db }
+    pub fn new(
+        client: async_nats::Client,
+        kv: kv::Store,
+        db: Arc<Projections>,
+        leader: Leader,
+        instance: String,
+    ) -> Self {
+        Publisher {
+            client,
+            kv,
+            db,
+            leader,
+            instance,
+        }
     }
 
     pub fn db(&self) -> Arc<Projections> {
@@ -41,8 +94,13 @@ impl Publisher {
     }
 
     /// Publishes the snapshot of every period at the current minute, stamped with the last
-    /// sequence folded into it. Failures are logged, not fatal: the next interval publishes again.
+    /// sequence folded into it, if this instance leads (asked again before every write, so that
+    /// a lease that ran out midway stops it). Failures are logged, not fatal: the next interval
+    /// publishes again.
     pub async fn publish(&self) {
+        if !self.leader.leading() {
+            return;
+        }
         let started = Instant::now();
         let (applied, snapshots) = match self.snapshots_with_seq(now_minute()).await {
             Ok(s) => s,
@@ -54,7 +112,12 @@ impl Publisher {
         let computed = started.elapsed();
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LAST_SEQ, applied.to_string().as_str());
+        headers.insert(HEADER_INSTANCE, self.instance.as_str());
         for snapshot in &snapshots {
+            if !self.leader.leading() {
+                tracing::warn!("the lease ran out while publishing; stopped");
+                return;
+            }
             let body =
                 serde_json::to_vec(&snapshot.to_period_message()).expect("JSON values serialize");
             if let Err(e) = self.kv.put(snapshot.period.kv_key(), body.into()).await {

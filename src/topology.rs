@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
 pub use truebit_streams::names::{
-    CHECKPOINT_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, STATS_BUCKET,
+    CHECKPOINT_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, LEADER_BUCKET, STATS_BUCKET,
 };
 use truebit_streams::subjects;
 
@@ -52,6 +52,7 @@ pub struct Topology {
     pub events: Stream,
     pub dlq: Stream,
     pub stats: kv::Store,
+    pub leader: kv::Store,
     pub checkpoints: jetstream::object_store::ObjectStore,
 }
 
@@ -62,6 +63,7 @@ impl std::fmt::Debug for Topology {
             .field("events", &EVENTS_STREAM)
             .field("dlq", &DLQ_STREAM)
             .field("stats", &STATS_BUCKET)
+            .field("leader", &LEADER_BUCKET)
             .field("checkpoints", &CHECKPOINT_BUCKET)
             .finish()
     }
@@ -166,6 +168,26 @@ pub fn stats_bucket_stream_config(cfg: &TopologyConfig) -> Config {
     }
 }
 
+/// The stream behind the `truebit-leader` KV bucket: one value per key, no expiry (the lease's
+/// clock is each instance's own, contract §9).
+pub fn leader_bucket_stream_config(cfg: &TopologyConfig) -> Config {
+    Config {
+        name: format!("KV_{LEADER_BUCKET}"),
+        description: Some("the lease of the TrueBit aggregator instance that publishes".into()),
+        subjects: vec![format!("$KV.{LEADER_BUCKET}.>")],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        max_messages_per_subject: 1,
+        discard: DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
 /// Creates what is missing and updates what differs; fails, naming the setting, when JetStream
 /// cannot make an existing stream what the contract wants.
 pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, TopologyError> {
@@ -176,6 +198,11 @@ pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, Topo
         .get_key_value(STATS_BUCKET)
         .await
         .map_err(|e| TopologyError::js(format!("opening KV bucket {STATS_BUCKET}"), e))?;
+    ensure_stream(js, leader_bucket_stream_config(cfg)).await?;
+    let leader = js
+        .get_key_value(LEADER_BUCKET)
+        .await
+        .map_err(|e| TopologyError::js(format!("opening KV bucket {LEADER_BUCKET}"), e))?;
     let checkpoints = match js.get_object_store(CHECKPOINT_BUCKET).await {
         Ok(store) => store,
         Err(_) => js
@@ -195,6 +222,7 @@ pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, Topo
         events,
         dlq,
         stats,
+        leader,
         checkpoints,
     })
 }
@@ -354,10 +382,11 @@ impl AckMode {
     }
 }
 
-/// The config of the durable consumer `aggregator`, delivering from `start` (a stream sequence).
-pub fn consumer_config(start: u64, ack: AckMode) -> pull::Config {
+/// The config of the durable consumer `name` (`aggregator`, or `aggregator-<instance>`),
+/// delivering from `start` (a stream sequence).
+pub fn consumer_config(name: &str, start: u64, ack: AckMode) -> pull::Config {
     pull::Config {
-        durable_name: Some(CONSUMER.to_string()),
+        durable_name: Some(name.to_string()),
         description: Some("the live fold of the TrueBit federation aggregator".into()),
         deliver_policy: if start <= 1 {
             DeliverPolicy::All
@@ -389,10 +418,11 @@ pub const MAX_ACK_PENDING: i64 = 100_000;
 /// be skipped). A consumer a little behind is kept; what it redelivers is skipped as folded.
 pub async fn aggregator_consumer(
     events: &Stream,
+    name: &str,
     applied: u64,
     ack: AckMode,
 ) -> Result<PullConsumer, TopologyError> {
-    let recreate = match events.consumer_info(CONSUMER).await {
+    let recreate = match events.consumer_info(name).await {
         Ok(info) => {
             let floor = info.ack_floor.stream_sequence;
             let config_ok = info.config.ack_policy == ack.policy()
@@ -405,28 +435,28 @@ pub async fn aggregator_consumer(
                     ack_floor = floor,
                     applied,
                     config_ok,
-                    "recreating consumer {CONSUMER} at the database's position"
+                    "recreating consumer {name} at the database's position"
                 );
                 events
-                    .delete_consumer(CONSUMER)
+                    .delete_consumer(name)
                     .await
-                    .map_err(|e| TopologyError::js(format!("deleting consumer {CONSUMER}"), e))?;
+                    .map_err(|e| TopologyError::js(format!("deleting consumer {name}"), e))?;
             }
             !config_ok || !position_ok
         }
         Err(e) if consumer_not_found(&e) => true,
-        Err(e) => return Err(TopologyError::js(format!("reading consumer {CONSUMER}"), e)),
+        Err(e) => return Err(TopologyError::js(format!("reading consumer {name}"), e)),
     };
     if recreate {
         events
-            .create_consumer(consumer_config(applied + 1, ack))
+            .create_consumer(consumer_config(name, applied + 1, ack))
             .await
-            .map_err(|e| TopologyError::js(format!("creating consumer {CONSUMER}"), e))
+            .map_err(|e| TopologyError::js(format!("creating consumer {name}"), e))
     } else {
         events
-            .get_consumer(CONSUMER)
+            .get_consumer(name)
             .await
-            .map_err(|e| TopologyError::js(format!("opening consumer {CONSUMER}"), e))
+            .map_err(|e| TopologyError::js(format!("opening consumer {name}"), e))
     }
 }
 
@@ -447,6 +477,7 @@ mod tests {
             events_stream_config(&cfg),
             dlq_stream_config(&cfg),
             stats_bucket_stream_config(&cfg),
+            leader_bucket_stream_config(&cfg),
         ] {
             let mut stream = js.get_stream(&want.name).await.unwrap();
             let have = stream.info().await.unwrap().config.clone();

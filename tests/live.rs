@@ -528,6 +528,7 @@ async fn messages_redelivered_by_a_lagging_consumer_are_folded_once() {
     stream.delete_consumer("aggregator").await.unwrap();
     stream
         .create_consumer(truebit_federation::topology::consumer_config(
+            "aggregator",
             1,
             truebit_federation::AckMode::default(),
         ))

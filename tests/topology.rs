@@ -108,7 +108,7 @@ async fn the_consumer_is_recreated_when_it_ran_ahead_of_the_database() {
             .unwrap();
     }
     // A consumer that has acked everything, over a database that holds only sequence 2.
-    let consumer = topology::aggregator_consumer(&t.events, 0, AckMode::Explicit)
+    let consumer = topology::aggregator_consumer(&t.events, "aggregator", 0, AckMode::Explicit)
         .await
         .unwrap();
     let mut batch = consumer.fetch().max_messages(5).messages().await.unwrap();
@@ -116,7 +116,7 @@ async fn the_consumer_is_recreated_when_it_ran_ahead_of_the_database() {
     while let Some(m) = batch.next().await {
         m.unwrap().double_ack().await.unwrap();
     }
-    let consumer = topology::aggregator_consumer(&t.events, 2, AckMode::Explicit)
+    let consumer = topology::aggregator_consumer(&t.events, "aggregator", 2, AckMode::Explicit)
         .await
         .unwrap();
     let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
@@ -144,14 +144,14 @@ async fn a_changed_ack_policy_recreates_the_consumer_where_the_database_is() {
             .await
             .unwrap();
     }
-    let mut explicit = topology::aggregator_consumer(&t.events, 0, AckMode::Explicit)
+    let mut explicit = topology::aggregator_consumer(&t.events, "aggregator", 0, AckMode::Explicit)
         .await
         .unwrap();
     assert_eq!(
         explicit.info().await.unwrap().config.ack_policy,
         AckPolicy::Explicit
     );
-    let mut all = topology::aggregator_consumer(&t.events, 1, AckMode::All)
+    let mut all = topology::aggregator_consumer(&t.events, "aggregator", 1, AckMode::All)
         .await
         .unwrap();
     assert_eq!(all.info().await.unwrap().config.ack_policy, AckPolicy::All);

@@ -9,6 +9,7 @@ mod commit;
 mod order;
 mod receive;
 
+use crate::leader::Leader;
 use crate::publish::Publisher;
 use crate::topology::{self, AckMode, TopologyConfig};
 use crate::{query, Error, NatsConfig};
@@ -23,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use truebit_projections::Projections;
 use truebit_replay::task::{blocking, joined};
+use truebit_streams::names::{consumer_name, DEFAULT_INSTANCE};
 use truebit_streams::{PublicKey, Verifier};
 
 /// Everything `serve` needs to know.
@@ -42,6 +44,9 @@ pub struct ServeConfig {
     pub ack_mode: AckMode,
     /// The root key of the key registry (contract §7): the first admin.
     pub admin_key: Option<PublicKey>,
+    /// This instance's name (contract §9): its consumer is `aggregator-<name>`, and the lease
+    /// names it; `None` is the single instance of §2 (`aggregator`, lease value `default`).
+    pub instance: Option<String>,
 }
 
 impl ServeConfig {
@@ -56,6 +61,7 @@ impl ServeConfig {
             checkpoints_kept: 3,
             ack_mode: AckMode::default(),
             admin_key: None,
+            instance: None,
         }
     }
 }
@@ -109,11 +115,33 @@ pub async fn serve(
             info.state.first_sequence - 1
         )));
     }
+    let consumer_name = consumer_name(config.instance.as_deref());
     let consumer =
-        topology::aggregator_consumer(&topology.events, applied, config.ack_mode).await?;
+        topology::aggregator_consumer(&topology.events, &consumer_name, applied, config.ack_mode)
+            .await?;
+    let me = config
+        .instance
+        .clone()
+        .unwrap_or_else(|| DEFAULT_INSTANCE.to_string());
+    let leader = Leader::new();
+    let (lease_stop_tx, lease_stop) = watch::channel(false);
+    let leasing = tokio::spawn(crate::leader::run(
+        topology.leader.clone(),
+        me.clone(),
+        leader.clone(),
+        lease_stop,
+    ));
+    let mut became_leader = leader.subscribe();
+    let published = crate::publish::last_published(&client).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 
-    let publisher = Publisher::new(client.clone(), topology.stats.clone(), db.clone());
+    let publisher = Publisher::new(
+        client.clone(),
+        topology.stats.clone(),
+        db.clone(),
+        leader.clone(),
+        me,
+    );
     let responder = tokio::spawn(query::answer(
         client.clone(),
         publisher.clone(),
@@ -144,6 +172,7 @@ pub async fn serve(
         js.clone(),
         db.clone(),
         applied_rx.clone(),
+        leader.clone(),
     ));
 
     let mut ticker = tokio::time::interval_at(
@@ -152,9 +181,9 @@ pub async fn serve(
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut catch_up = CatchUp::new(applied, target);
-    if catch_up.done {
-        publisher.publish().await;
-    }
+    // The lease may be taken once caught up as far as the last snapshot anyone published.
+    let eligible = |catch_up: &CatchUp, applied: u64| catch_up.done && applied >= published.get();
+    leader.set_eligible(eligible(&catch_up, applied));
 
     // A checkpoint runs beside the fold (a read transaction does not block writes); one at a time.
     let checkpoint_every = if config.checkpoint_interval.is_zero() {
@@ -176,9 +205,18 @@ pub async fn serve(
             _ = stop_rx.changed() => break None,
             // The committer ends before a stop only when a commit failed.
             result = &mut committing => break Some(result),
-            _ = ticker.tick() => publisher.publish().await,
+            _ = ticker.tick() => {
+                leader.set_eligible(eligible(&catch_up, *applied_rx.borrow()));
+                publisher.publish().await
+            }
+            // Taking the lease publishes at once: a takeover need not wait for the interval.
+            Ok(()) = became_leader.changed() => {
+                if *became_leader.borrow_and_update() {
+                    publisher.publish().await;
+                }
+            }
             _ = checkpoints.tick(), if !config.checkpoint_interval.is_zero() => {
-                if checkpointing.as_ref().is_none_or(|h| h.is_finished()) {
+                if leader.leading() && checkpointing.as_ref().is_none_or(|h| h.is_finished()) {
                     let (store, db, keep) = (topology.checkpoints.clone(), db.clone(), config.checkpoints_kept);
                     checkpointing = Some(tokio::spawn(async move {
                         match crate::checkpoint::write(&store, &db, keep).await {
@@ -193,6 +231,7 @@ pub async fn serve(
                 if catch_up.progress(applied) {
                     publisher.publish().await;
                 }
+                leader.set_eligible(eligible(&catch_up, applied));
             }
         }
     };
@@ -209,11 +248,15 @@ pub async fn serve(
             receiving.abort();
             responder.abort();
             dead_letters.abort();
+            let _ = lease_stop_tx.send(true);
             result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         }
     };
     let _ = responder.await;
     let _ = dead_letters.await;
+    // Handed back only now: the last dead letters went out under it.
+    let _ = lease_stop_tx.send(true);
+    let _ = leasing.await;
     if let Some(running) = checkpointing {
         let _ = running.await;
     }

@@ -7,13 +7,28 @@ use chrono::{DateTime, Utc};
 pub const EVENTS_STREAM: &str = "TRUEBIT_EVENTS";
 /// Every rejected message, with its reason in the headers.
 pub const DLQ_STREAM: &str = "TRUEBIT_DLQ";
-/// The durable pull consumer of the live fold.
+/// The durable pull consumer of the live fold; with `--instance NAME`, `aggregator-NAME`.
 pub const CONSUMER: &str = "aggregator";
+
+/// The durable consumer of an instance: `aggregator` without a name (contract §2).
+pub fn consumer_name(instance: Option<&str>) -> String {
+    match instance {
+        Some(name) => format!("{CONSUMER}-{name}"),
+        None => CONSUMER.to_string(),
+    }
+}
 /// The KV bucket of snapshots for nodes that join late.
 pub const STATS_BUCKET: &str = "truebit-stats";
 /// Object store of projection checkpoints: the database at a known stream sequence, so that old
 /// events can expire from `TRUEBIT_EVENTS` without a rebuild losing what they counted.
 pub const CHECKPOINT_BUCKET: &str = "truebit-checkpoints";
+
+/// The KV bucket of the lease that decides which `serve` instance publishes (contract §9).
+pub const LEADER_BUCKET: &str = "truebit-leader";
+/// The lease's key; its value is the leader's instance name.
+pub const LEADER_KEY: &str = "serve";
+/// The instance name of a `serve` started without `--instance`.
+pub const DEFAULT_INSTANCE: &str = "default";
 
 /// The KV key that holds the same JSON as the last message on `truebit.stats.aggregated`.
 pub const LATEST_KEY: &str = "latest";
@@ -25,6 +40,8 @@ pub const HEADER_LAST_SEQ: &str = "Truebit-Last-Seq";
 pub const HEADER_KEY: &str = "Truebit-Key";
 /// The base64url (no padding) Ed25519 signature over `<subject>\n<payload>`.
 pub const HEADER_SIGNATURE: &str = "Truebit-Signature";
+/// On every published snapshot: the `serve` instance that published it (contract §9).
+pub const HEADER_INSTANCE: &str = "Truebit-Instance";
 /// JetStream's deduplication header.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 

@@ -12,7 +12,7 @@ mod server;
 
 pub use fleet::{Expected, Fleet, Simulated};
 pub use publish::{publish_all, publish_all_with_headers};
-pub use server::{signal, NatsServer, Reaped, SIGINT, SIGKILL, SIGTERM};
+pub use server::{signal, NatsServer, Reaped, SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};
 
 use std::path::PathBuf;
 

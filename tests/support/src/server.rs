@@ -182,4 +182,4 @@ pub fn signal(child: &Child, signal: i32) {
     assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
 }
 
-pub use libc::{SIGINT, SIGKILL, SIGTERM};
+pub use libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};
