@@ -1,7 +1,12 @@
 //! Publishing the dead-letter outbox (contract §4): the fold records each dead letter in the same
-//! commit as the message's position; this sends them to `TRUEBIT_DLQ`, oldest first, with
+//! commit as the message's position; the leader sends them to `TRUEBIT_DLQ`, oldest first, with
 //! `Nats-Msg-Id: dlq-<seq>`, and drops each from the outbox once JetStream has stored it. A crash
 //! between the two sends it again, and JetStream's duplicate window stores it once.
+//!
+//! Every instance folds the same refusals into its own outbox, and every instance reads
+//! `TRUEBIT_DLQ` ([`follow`]) to drop what is already there (contract §9). A new leader reads
+//! it to its end before it sends anything, so each rejected message keeps exactly one dead letter
+//! across any number of failovers, also past the duplicate window.
 
 use crate::backoff::Backoff;
 use crate::leader::Leader;
@@ -10,8 +15,10 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
+use truebit_streams::names::{DLQ_STREAM, HEADER_ORIGINAL_SEQ};
 use truebit_streams::DeadLetter;
 
 /// Dead letters sent before their acks are awaited and the outbox is trimmed.
@@ -27,12 +34,13 @@ pub(crate) async fn publish(
     db: Arc<Projections>,
     mut applied: watch::Receiver<u64>,
     leader: Leader,
+    followed: watch::Receiver<u64>,
 ) {
     let mut backoff = Backoff::new();
     // A new leader sends what its outbox holds at once, not at the next commit.
     let mut became = leader.subscribe();
     loop {
-        match drain(&js, &db, &leader).await {
+        match drain(&js, &db, &leader, &followed).await {
             Ok(()) => {
                 backoff.reset();
                 tokio::select! {
@@ -50,7 +58,7 @@ pub(crate) async fn publish(
         }
     }
     // Bounded, so that a stop while NATS is away does not hang: what is left waits on disk.
-    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader)).await {
+    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader, &followed)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "stopping with dead letters in the outbox; the next start sends them")
@@ -67,7 +75,12 @@ async fn drain(
     js: &jetstream::Context,
     db: &Arc<Projections>,
     leader: &Leader,
+    followed: &watch::Receiver<u64>,
 ) -> Result<(), Error> {
+    if !leader.leading() {
+        return Ok(());
+    }
+    read_to_the_end(js, followed).await?;
     loop {
         if !leader.leading() {
             return Ok(());
@@ -105,4 +118,127 @@ async fn send(
     js.publish_with_headers(dead.subject.clone(), headers, dead.payload.clone().into())
         .await
         .map_err(|e| Error::nats("publishing a dead letter", e))
+}
+
+/// Waits until [`follow`] has read `TRUEBIT_DLQ` as far as it reaches now, so that what another
+/// leader stored is dropped before this one sends anything.
+async fn read_to_the_end(
+    js: &jetstream::Context,
+    followed: &watch::Receiver<u64>,
+) -> Result<(), Error> {
+    let mut dlq = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(|e| Error::nats("opening TRUEBIT_DLQ", e))?;
+    let state = dlq
+        .info()
+        .await
+        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))?
+        .state
+        .clone();
+    if state.messages == 0 {
+        return Ok(());
+    }
+    let mut followed = followed.clone();
+    tokio::time::timeout(
+        READ_TO_END,
+        followed.wait_for(|seq| *seq >= state.last_sequence),
+    )
+    .await
+    .map_err(|_| {
+        Error::nats(
+            "reading TRUEBIT_DLQ to its end",
+            "not done in 30 s; the dead letters wait until it is",
+        )
+    })?
+    .map_err(|_| Error::nats("reading TRUEBIT_DLQ", "the reader stopped"))?;
+    Ok(())
+}
+
+/// How long a new leader waits for the dead letters already stored to be read.
+const READ_TO_END: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads `TRUEBIT_DLQ` from its start, for as long as serve runs, dropping from the outbox every
+/// dead letter found there; `read` carries the last stream sequence read.
+pub(crate) async fn follow(
+    js: jetstream::Context,
+    db: Arc<Projections>,
+    read: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        let from = *read.borrow() + 1;
+        let messages = match open_dlq(&js, from).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read TRUEBIT_DLQ yet; retrying");
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = backoff.wait() => continue,
+                }
+            }
+        };
+        backoff.reset();
+        let mut batches = std::pin::pin!(messages.chunks_timeout(CHUNK, FOLLOW_LINGER));
+        loop {
+            let batch = tokio::select! {
+                _ = stop.changed() => return,
+                b = batches.next() => b,
+            };
+            let Some(batch) = batch else { break };
+            let mut seqs = Vec::with_capacity(batch.len());
+            let mut last = None;
+            for m in batch {
+                let Ok(m) = m else { continue };
+                let original = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(HEADER_ORIGINAL_SEQ))
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                seqs.extend(original);
+                if let Ok(info) = m.info() {
+                    last = Some(info.stream_sequence);
+                }
+            }
+            let db = db.clone();
+            if let Err(e) = blocking(move || db.drop_dead_letters(&seqs)).await {
+                tracing::warn!(error = %e, "cannot drop stored dead letters from the outbox");
+                break;
+            }
+            if let Some(last) = last {
+                read.send_replace(last);
+            }
+        }
+    }
+}
+
+const FOLLOW_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
+type DlqMessages = async_nats::jetstream::consumer::pull::Ordered;
+
+async fn open_dlq(js: &jetstream::Context, from: u64) -> Result<DlqMessages, Error> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(|e| Error::nats("opening TRUEBIT_DLQ", e))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: if from <= 1 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                }
+            },
+            headers_only: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))
 }

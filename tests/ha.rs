@@ -68,7 +68,14 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
     let (first, _) = next_snapshot(&mut snapshots, patience()).await;
     assert_eq!(first, "a", "the only instance leads");
     let b = instance(&url, dir.path(), "b");
-    let last = common::publish(&js, &heartbeats("node-1", 50)).await;
+    let mut traffic = heartbeats("node-1", 50);
+    traffic.extend((0..5).map(|i| {
+        (
+            "truebit.heartbeat".to_string(),
+            format!("{{bad {i}").into_bytes(),
+        )
+    }));
+    let last = common::publish(&js, &traffic).await;
     // b folds too, but only a publishes.
     let deadline = patience();
     loop {
@@ -99,7 +106,14 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
     assert_eq!(holder(&js).await.as_deref(), Some("b"));
 
     // More traffic, a restarted a: it catches up as a standby and publishes nothing.
-    let more = common::publish(&js, &heartbeats("node-2", 30)).await;
+    let mut traffic = heartbeats("node-2", 30);
+    traffic.extend((0..5).map(|i| {
+        (
+            "truebit.heartbeat".to_string(),
+            format!("{{worse {i}").into_bytes(),
+        )
+    }));
+    let more = common::publish(&js, &traffic).await;
     let mut a = instance(&url, dir.path(), "a");
     let deadline = patience();
     let mut b_published = 0;
@@ -120,7 +134,26 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
         assert_eq!(db.last_seq().unwrap(), more, "{name} folded everything");
         assert_eq!(db.node("node-1").unwrap().unwrap().heartbeat_count, 50);
         assert_eq!(db.node("node-2").unwrap().unwrap().heartbeat_count, 30);
+        assert_eq!(db.rejections().unwrap()["malformed"], 10);
+        assert_eq!(
+            db.pending_dead_letter_count().unwrap(),
+            0,
+            "{name} dropped every dead letter it found in TRUEBIT_DLQ"
+        );
     }
+    // Across the failover, each refused message has exactly one dead letter.
+    let mut dlq = js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let stored = dlq.info().await.unwrap().state.messages;
+    let mut originals = std::collections::BTreeSet::new();
+    for seq in 1..=stored {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        let original = m.headers.get("Truebit-Original-Seq").unwrap().to_string();
+        assert!(
+            originals.insert(original.clone()),
+            "two dead letters for {original}"
+        );
+    }
+    assert_eq!(originals.len(), 10);
     assert_eq!(holder(&js).await, None, "SIGTERM hands the lease back");
 }
 

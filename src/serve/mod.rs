@@ -168,11 +168,21 @@ pub async fn serve(
         ready_rx,
         applied_tx,
     ));
+    let (dlq_read_tx, dlq_read) = watch::channel(0);
+    // Stopped only after the last dead letters went out: a leader reads its own before it ends.
+    let (follow_stop_tx, follow_stop) = watch::channel(false);
+    let following = tokio::spawn(crate::dead_letters::follow(
+        js.clone(),
+        db.clone(),
+        dlq_read_tx,
+        follow_stop,
+    ));
     let dead_letters = tokio::spawn(crate::dead_letters::publish(
         js.clone(),
         db.clone(),
         applied_rx.clone(),
         leader.clone(),
+        dlq_read,
     ));
 
     let mut ticker = tokio::time::interval_at(
@@ -254,6 +264,8 @@ pub async fn serve(
     };
     let _ = responder.await;
     let _ = dead_letters.await;
+    let _ = follow_stop_tx.send(true);
+    let _ = following.await;
     // Handed back only now: the last dead letters went out under it.
     let _ = lease_stop_tx.send(true);
     let _ = leasing.await;
