@@ -22,8 +22,19 @@ impl NatsConfig {
         }
     }
 
-    /// Connects, failing at once if the server cannot be reached; after that, the client
-    /// reconnects by itself for as long as it takes.
+    /// The servers of `url`: one, or a comma-separated list as the NATS tools take it
+    /// (contract §9), so that a start-up does not depend on any one of them.
+    pub fn servers(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Connects, failing at once if no server of the list can be reached; after that, the client
+    /// reconnects by itself, to any server of the cluster, for as long as it takes.
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
         let mut options = match &self.creds {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
@@ -63,7 +74,7 @@ impl NatsConfig {
                     other => tracing::warn!(event = %other, "NATS"),
                 }
             })
-            .connect(&self.url)
+            .connect(self.servers())
             .await
             .map_err(|source| Error::Connect { url, source })
     }

@@ -6,10 +6,12 @@
 //! println!("a JetStream server of our own at {}", server.url());
 //! ```
 
+mod cluster;
 mod fleet;
 mod publish;
 mod server;
 
+pub use cluster::NatsCluster;
 pub use fleet::{Expected, Fleet, Simulated};
 pub use publish::{publish_all, publish_all_with_headers};
 pub use server::{signal, NatsServer, Reaped, SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};

@@ -60,6 +60,17 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Kills the server (SIGKILL), keeping its port and store for [`NatsServer::start_again`].
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a stopped server again on the same port over the same store.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.spawn();
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -1,0 +1,212 @@
+//! Contract §9 on a real three-server JetStream cluster on 127.0.0.1, `REPLICAS=3`: two `serve`
+//! instances under a steady publish load lose nothing when the server leading the events stream
+//! dies, or when the leading instance dies, and a restarted instance stays a standby.
+
+mod common;
+
+use async_nats::jetstream;
+use common::process::{command, run, spawn_serve_with};
+use futures::StreamExt;
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use truebit_projections::Projections;
+use truebit_testkit::{signal, NatsCluster, Reaped, SIGKILL, SIGTERM};
+
+fn instance(urls: &str, dir: &Path, name: &str) -> Reaped {
+    let mut c = command(urls, &dir.join(format!("{name}.redb")));
+    c.env("INSTANCE", name).env("REPLICAS", "3");
+    spawn_serve_with(c).0
+}
+
+/// Publishes a heartbeat every 20 ms until told to stop, each retried (with its Nats-Msg-Id, so
+/// that JetStream stores it once) until the cluster acknowledges it, whichever server is down.
+/// Returns how many were stored and the last stream sequence.
+fn load(urls: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let servers: Vec<String> = urls.split(',').map(str::to_string).collect();
+        let client = async_nats::connect(servers).await.unwrap();
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client);
+        let (mut n, mut last) = (0u64, 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            let body = json!({"version": "1.0", "type": "heartbeat", "timestamp": chrono::Utc::now().to_rfc3339(),
+                "nodeId": "node-load", "data": {"status": "online"}});
+            let payload = serde_json::to_vec(&body).unwrap();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("load-{n}").as_str());
+            let deadline = tokio::time::Instant::now() + common::PATIENCE;
+            loop {
+                let sent = js
+                    .publish_with_headers(
+                        "truebit.heartbeat",
+                        headers.clone(),
+                        payload.clone().into(),
+                    )
+                    .await;
+                if let Ok(ack) = sent {
+                    if let Ok(ack) = ack.await {
+                        last = last.max(ack.sequence);
+                        break;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the cluster stored nothing for two minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (n, last)
+    })
+}
+
+/// Waits, without blocking the runtime, until `cond` holds.
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what} in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn losing_the_stream_leaders_server_or_the_leading_instance_loses_nothing() {
+    let mut cluster = NatsCluster::start(3);
+    cluster.wait_for_jetstream(common::PATIENCE).await;
+    let urls = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut init = command(&urls, &dir.path().join("unused.redb"));
+    init.env("REPLICAS", "3").arg("init");
+    let out = run(&mut init);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let client = async_nats::connect(urls.split(',').map(str::to_string).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let js = jetstream::new(client.clone());
+    let leaders = Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let mut snapshots = client.subscribe("truebit.stats.aggregated").await.unwrap();
+    let seen = leaders.clone();
+    let highest = Arc::new(AtomicU64::new(0));
+    let high = highest.clone();
+    tokio::spawn(async move {
+        while let Some(m) = snapshots.next().await {
+            let h = m.headers.unwrap();
+            let who = h.get("Truebit-Instance").unwrap().to_string();
+            let seq: u64 = h.get("Truebit-Last-Seq").unwrap().as_str().parse().unwrap();
+            // Published numbers never go back, whoever publishes.
+            let before = high.fetch_max(seq, Ordering::SeqCst);
+            assert!(seq >= before, "a snapshot went back from {before} to {seq}");
+            seen.lock().unwrap().push((who, seq));
+        }
+    });
+
+    let a = instance(&urls, dir.path(), "a");
+    let b = instance(&urls, dir.path(), "b");
+    let stop = Arc::new(AtomicBool::new(false));
+    let loading = load(urls.clone(), stop.clone());
+    let published_by = |name: &str| {
+        leaders
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(who, _)| who == name)
+            .count()
+    };
+    wait_for("a first snapshot", || !leaders.lock().unwrap().is_empty()).await;
+    let first = leaders.lock().unwrap()[0].0.clone();
+
+    // The server that leads TRUEBIT_EVENTS dies, and comes back.
+    let mut events = js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let info = events.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    let leader_server = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .unwrap();
+    let index: usize = leader_server.trim_start_matches('n').parse().unwrap();
+    cluster.servers[index].stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = highest.load(Ordering::SeqCst);
+    wait_for("folding going on without that server", || {
+        highest.load(Ordering::SeqCst) > before + 20
+    })
+    .await;
+    cluster.servers[index].start_again();
+
+    // The leading instance dies: the other takes over.
+    let (mut dead, mut standby, standby_name) = if first == "a" {
+        (a, b, "b")
+    } else {
+        (b, a, "a")
+    };
+    signal(&dead, SIGKILL);
+    dead.wait().unwrap();
+    wait_for("the standby to publish", || published_by(standby_name) > 0).await;
+
+    // The killed one comes back as a standby.
+    let dead_name = if standby_name == "a" { "b" } else { "a" };
+    let mut back = instance(&urls, dir.path(), dead_name);
+    let published_before = published_by(dead_name);
+    stop.store(true, Ordering::Relaxed);
+    let (sent, last) = loading.await.unwrap();
+    common::wait_folded(&client, last).await;
+    let settle = published_by(standby_name) + 5;
+    wait_for("five more snapshots", || {
+        published_by(standby_name) >= settle
+    })
+    .await;
+    assert_eq!(
+        published_by(dead_name),
+        published_before,
+        "the restarted instance publishes nothing while the other leads"
+    );
+
+    for p in [&mut standby, &mut back] {
+        signal(p, SIGTERM);
+        assert!(p.wait().unwrap().success());
+    }
+    for name in ["a", "b"] {
+        let db = Projections::open_existing(dir.path().join(format!("{name}.redb"))).unwrap();
+        assert_eq!(
+            db.last_seq().unwrap(),
+            last,
+            "{name} folded the whole stream"
+        );
+        assert_eq!(
+            db.node("node-load").unwrap().unwrap().heartbeat_count,
+            sent,
+            "{name}: every message stored once and folded once"
+        );
+    }
+    // The server that died rejoined and caught up: its replica is current.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let info = events.info().await.unwrap().clone();
+        let cluster = info.cluster.unwrap();
+        let caught_up = cluster.leader.as_deref() == Some(leader_server.as_str())
+            || cluster
+                .replicas
+                .iter()
+                .any(|r| r.name == leader_server && r.current && r.lag.unwrap_or(0) == 0);
+        if caught_up {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{leader_server} did not catch up: {cluster:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
