@@ -173,6 +173,19 @@ async fn losing_the_stream_leaders_server_or_the_leading_instance_loses_nothing(
         "the restarted instance publishes nothing while the other leads"
     );
 
+    // Each instance acks only what it committed: both consumers acked to the end means both
+    // folded it all, the restarted one too.
+    for name in ["a", "b"] {
+        let mut consumer: jetstream::consumer::PullConsumer = events
+            .get_consumer(&format!("aggregator-{name}"))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + common::PATIENCE;
+        while consumer.info().await.unwrap().ack_floor.stream_sequence < last {
+            assert!(tokio::time::Instant::now() < deadline, "{name} did not catch up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     for p in [&mut standby, &mut back] {
         signal(p, SIGTERM);
         assert!(p.wait().unwrap().success());
