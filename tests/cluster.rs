@@ -182,7 +182,10 @@ async fn losing_the_stream_leaders_server_or_the_leading_instance_loses_nothing(
             .unwrap();
         let deadline = tokio::time::Instant::now() + common::PATIENCE;
         while consumer.info().await.unwrap().ack_floor.stream_sequence < last {
-            assert!(tokio::time::Instant::now() < deadline, "{name} did not catch up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} did not catch up"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -29,7 +29,31 @@ use std::time::{Duration, Instant};
 use truebit_projections::Projections;
 use truebit_streams::subjects::ADMIN_KEYS;
 use truebit_streams::{operator_payload, KeyGrant, Mode, OperatorKind, Permissions, SigningKey};
-use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGTERM};
+use truebit_testkit::{signal, Fleet, NatsCluster, NatsServer, Reaped, SIGTERM};
+
+/// Where the benchmark's streams live.
+struct Target {
+    /// One URL, or the cluster's list.
+    url: String,
+    replicas: usize,
+}
+
+impl Target {
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn servers(&self) -> Vec<String> {
+        self.url.split(',').map(str::to_string).collect()
+    }
+
+    fn topology(&self) -> truebit_federation::topology::TopologyConfig {
+        truebit_federation::topology::TopologyConfig {
+            replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+}
 
 /// Events per simulated task, on average (receipt, completion, invoice, heartbeats, repeats).
 const EVENTS_PER_TASK: f64 = 3.2;
@@ -37,12 +61,14 @@ const EVENTS_PER_TASK: f64 = 3.2;
 struct Args {
     events: u64,
     signed: bool,
+    cluster: bool,
 }
 
 fn args() -> Args {
     let mut a = Args {
         events: 500_000,
         signed: false,
+        cluster: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +84,9 @@ fn args() -> Args {
         if flag == "--signed" {
             a.signed = true;
         }
+        if flag == "--cluster" {
+            a.cluster = true;
+        }
     }
     a
 }
@@ -65,7 +94,21 @@ fn args() -> Args {
 fn main() {
     let args = args();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = NatsServer::start();
+    // One server, or a three-server cluster with every stream on all three (REPLICAS=3).
+    let (_single, _cluster, url, replicas) = if args.cluster {
+        let cluster = NatsCluster::start(3);
+        rt.block_on(cluster.wait_for_jetstream(Duration::from_secs(60)));
+        let url = cluster.urls();
+        (None, Some(cluster), url, 3)
+    } else {
+        let server = NatsServer::start();
+        let url = server.url();
+        (Some(server), None, url, 1)
+    };
+    let server = Target { url, replicas };
+    if args.cluster {
+        println!("cluster    three nats-servers on 127.0.0.1, REPLICAS=3");
+    }
     let fleet = Fleet::new(1000, 2026);
     let tasks = (args.events as f64 / EVENTS_PER_TASK) as u64;
 
@@ -236,16 +279,11 @@ fn headers(
 
 /// Publishes the fleet's messages for `tasks` tasks, a million tasks' worth at a time so that
 /// a ten-million-task stream never sits in memory whole; signed by each node's key if `keys`.
-async fn fill(
-    server: &NatsServer,
-    fleet: &Fleet,
-    tasks: u64,
-    keys: Option<&Keys>,
-) -> (u64, f64, u64) {
+async fn fill(server: &Target, fleet: &Fleet, tasks: u64, keys: Option<&Keys>) -> (u64, f64, u64) {
     const CHUNK: u64 = 1_000_000;
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = async_nats::connect(server.servers()).await.unwrap();
     let js = jetstream::new(client);
-    truebit_federation::topology::ensure(&js, &Default::default())
+    truebit_federation::topology::ensure(&js, &server.topology())
         .await
         .unwrap();
     let started = Instant::now();
@@ -288,8 +326,8 @@ async fn fill(
     (last, started.elapsed().as_secs_f64(), bytes)
 }
 
-async fn raw_consume(server: &NatsServer, events: u64, policy: AckPolicy) -> f64 {
-    let client = async_nats::connect(server.url()).await.unwrap();
+async fn raw_consume(server: &Target, events: u64, policy: AckPolicy) -> f64 {
+    let client = async_nats::connect(server.servers()).await.unwrap();
     let js = jetstream::new(client);
     let stream = js.get_stream("TRUEBIT_EVENTS").await.unwrap();
     let mut consumer = stream
@@ -334,7 +372,7 @@ async fn raw_consume(server: &NatsServer, events: u64, policy: AckPolicy) -> f64
 /// Runs the release `serve` over the full stream with an ack policy; its catch-up rate (from its
 /// own log) and peak RSS.
 fn serve_catch_up(
-    server: &NatsServer,
+    server: &Target,
     events: u64,
     db_path: &std::path::Path,
     ack_policy: &str,
@@ -346,6 +384,7 @@ fn serve_catch_up(
             .env("NATS_URL", server.url())
             .env("DB_PATH", db_path)
             .env("ACK_POLICY", ack_policy)
+            .env("REPLICAS", server.replicas.to_string())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -390,7 +429,7 @@ fn serve_catch_up(
 }
 
 /// Runs the release `replay --output` over the full stream; its rate as it reports it.
-fn replay_rate(server: &NatsServer, events: u64) -> f64 {
+fn replay_rate(server: &Target, events: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("rebuilt.redb");
     let out = Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
@@ -428,7 +467,7 @@ struct CheckpointCost {
 /// Times snapshots over `db`, and one checkpoint of it (the copy, and its upload to the object
 /// store).
 async fn snapshot_cost(
-    server: &NatsServer,
+    server: &Target,
     db: &Projections,
     dir: &std::path::Path,
 ) -> (Duration, CheckpointCost) {
@@ -446,8 +485,8 @@ async fn snapshot_cost(
     db.checkpoint_to(&path).unwrap();
     let copy = started.elapsed();
     let bytes = std::fs::metadata(&path).unwrap().len();
-    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    let store = truebit_federation::topology::ensure(&js, &Default::default())
+    let js = jetstream::new(async_nats::connect(server.servers()).await.unwrap());
+    let store = truebit_federation::topology::ensure(&js, &server.topology())
         .await
         .unwrap()
         .checkpoints;
