@@ -15,11 +15,12 @@ use truebit_testkit::NatsServer;
 /// store dir, and the HTTP port would clash between tests. The WebSocket listener gets `ws`'s
 /// port and certificate, or is left out.
 fn deploy_config(ws: Option<(u16, &Path, &Path)>) -> String {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/nats-server.conf"
-    ))
-    .unwrap();
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    // The test server's config lives in a temporary folder: the include goes in as text.
+    let text =
+        read("nats-server.conf").replace("include \"accounts.conf\"", &read("accounts.conf"));
     let text = text
         .replace("$AGGREGATOR_PASSWORD", "\"agg-secret\"")
         .replace("$MONITOR_PASSWORD", "\"monitor-secret\"")
@@ -243,4 +244,44 @@ async fn a_monitor_connects_over_websocket_with_tls_and_publishes() {
     .connect(format!("ws://localhost:{port}"))
     .await;
     assert!(plain.is_err(), "the WebSocket listener speaks TLS only");
+}
+
+/// `deploy/cluster/nats-cluster.conf` is a configuration nats-server accepts, with the shared
+/// accounts and a certificate in place.
+#[test]
+fn the_cluster_configuration_is_one_nats_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let conf = std::fs::read_to_string(format!("{deploy}/cluster/nats-cluster.conf"))
+        .unwrap()
+        .replace("/etc/nats/tls/server.crt", cert_path.to_str().unwrap())
+        .replace("/etc/nats/tls/server.key", key_path.to_str().unwrap())
+        .replace("/data/nats", dir.path().join("store").to_str().unwrap());
+    std::fs::create_dir(dir.path().join("cluster")).unwrap();
+    std::fs::copy(
+        format!("{deploy}/accounts.conf"),
+        dir.path().join("accounts.conf"),
+    )
+    .unwrap();
+    let path = dir.path().join("cluster/nats-cluster.conf");
+    std::fs::write(&path, conf).unwrap();
+    let out = std::process::Command::new(truebit_testkit::nats_server_binary())
+        .args(["-t", "-c"])
+        .arg(&path)
+        .env("SERVER_NAME", "nats-1")
+        .env("AGGREGATOR_PASSWORD", "a")
+        .env("MONITOR_PASSWORD", "m")
+        .env("OPERATOR_PASSWORD", "o")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -14,7 +14,9 @@ mod server;
 pub use cluster::NatsCluster;
 pub use fleet::{Expected, Fleet, Simulated};
 pub use publish::{publish_all, publish_all_with_headers};
-pub use server::{signal, NatsServer, Reaped, SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};
+pub use server::{
+    nats_server_binary, signal, NatsServer, Reaped, SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM,
+};
 
 use std::path::PathBuf;
 

@@ -84,7 +84,7 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let mut cmd = Command::new(binary());
+        let mut cmd = Command::new(nats_server_binary());
         if let Some(config) = &self.config {
             cmd.arg("-c").arg(config);
         }
@@ -96,7 +96,7 @@ impl NatsServer {
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot start {}: {e}; install nats-server or set NATS_SERVER_BIN",
-                binary().display()
+                nats_server_binary().display()
             )
         });
         let stderr = child.stderr.take().expect("piped stderr");
@@ -148,7 +148,8 @@ impl Drop for NatsServer {
 }
 
 /// `NATS_SERVER_BIN`, else `nats-server` on `PATH`, else Debian's `/usr/sbin/nats-server`.
-fn binary() -> PathBuf {
+/// The `nats-server` the tests run: `NATS_SERVER_BIN`, else `PATH`, else `/usr/sbin`.
+pub fn nats_server_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
         return bin.into();
     }
