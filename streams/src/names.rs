@@ -15,6 +15,11 @@ pub const STATS_BUCKET: &str = "truebit-stats";
 /// events can expire from `TRUEBIT_EVENTS` without a rebuild losing what they counted.
 pub const CHECKPOINT_BUCKET: &str = "truebit-checkpoints";
 
+/// The KV bucket of the network's settings (contract §2, §10).
+pub const CONFIG_BUCKET: &str = "truebit-config";
+/// The key of [`CONFIG_BUCKET`] that holds the federation salt.
+pub const SALT_KEY: &str = "salt";
+
 /// The KV key that holds the same JSON as the last message on `truebit.stats.aggregated`.
 pub const LATEST_KEY: &str = "latest";
 
