@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
 pub use truebit_streams::names::{
-    CHECKPOINT_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, STATS_BUCKET,
+    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, SALT_KEY, STATS_BUCKET,
 };
 use truebit_streams::subjects;
 
@@ -166,12 +166,45 @@ pub fn stats_bucket_stream_config(cfg: &TopologyConfig) -> Config {
     }
 }
 
+/// The stream behind the `truebit-config` KV bucket: the network's settings, the federation salt
+/// among them (contract §2, §10).
+pub fn config_bucket_stream_config(cfg: &TopologyConfig) -> Config {
+    Config {
+        name: format!("KV_{CONFIG_BUCKET}"),
+        description: Some("TrueBit network settings: the federation salt".into()),
+        subjects: vec![format!("$KV.{CONFIG_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        ..stats_bucket_stream_config(cfg)
+    }
+}
+
+/// Writes the federation salt when the bucket has none; never overwrites one. Returns whether
+/// it wrote it.
+pub async fn put_salt_if_absent(js: &Context, salt: &str) -> Result<bool, TopologyError> {
+    let kv = js
+        .get_key_value(CONFIG_BUCKET)
+        .await
+        .map_err(|e| TopologyError::js(format!("opening KV bucket {CONFIG_BUCKET}"), e))?;
+    match kv
+        .create(SALT_KEY, salt.to_string().into_bytes().into())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(TopologyError::js(
+            format!("writing the salt to {CONFIG_BUCKET}"),
+            e,
+        )),
+    }
+}
+
 /// Creates what is missing and updates what differs; fails, naming the setting, when JetStream
 /// cannot make an existing stream what the contract wants.
 pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, TopologyError> {
     let events = ensure_stream(js, events_stream_config(cfg)).await?;
     let dlq = ensure_stream(js, dlq_stream_config(cfg)).await?;
     ensure_stream(js, stats_bucket_stream_config(cfg)).await?;
+    ensure_stream(js, config_bucket_stream_config(cfg)).await?;
     let stats = js
         .get_key_value(STATS_BUCKET)
         .await
