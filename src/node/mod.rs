@@ -8,6 +8,8 @@
 //! [`network`] follows the snapshots, [`http`] shows them.
 
 pub mod eventdb;
+#[cfg(test)]
+mod fixtures_test;
 pub mod http;
 pub mod logs;
 pub mod network;
