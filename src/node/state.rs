@@ -226,11 +226,10 @@ impl State {
                 try_db!(self, files.insert(format!("gz:{name}").as_str(), &[][..]))?;
             }
             let mut outbox = try_db!(self, txn.open_table(OUTBOX))?;
-            let mut next = try_db!(self, outbox.last())?.map_or(0, |(k, _)| k.value() + 1);
-            for event in &batch.events {
+            let next = try_db!(self, outbox.last())?.map_or(0, |(k, _)| k.value() + 1);
+            for (place, event) in (next..).zip(&batch.events) {
                 let bytes = serde_json::to_vec(event).expect("JSON serializes");
-                try_db!(self, outbox.insert(next, bytes.as_slice()))?;
-                next += 1;
+                try_db!(self, outbox.insert(place, bytes.as_slice()))?;
             }
         }
         try_db!(self, txn.commit())

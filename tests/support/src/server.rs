@@ -60,6 +60,18 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Kills the server (SIGKILL): clients see it gone until [`NatsServer::resume`].
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts a stopped server again on the same port over the same store.
+    pub fn resume(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
