@@ -64,7 +64,9 @@ pub enum Command {
     /// Print a snapshot, from the database or from the running serve.
     Stats(StatsArgs),
     /// Create or update the JetStream topology and exit.
-    Init(TopologyArgs),
+    Init(InitArgs),
+    /// Run the node agent beside a TrueBit runner: publish what it does, show the network's numbers.
+    Node(NodeArgs),
     /// Rebuild every projection from TRUEBIT_EVENTS (or verify the database against a rebuild).
     Replay(ReplayArgs),
     /// Make key pairs, and issue, revoke and list the keys that may publish (contract §7).
@@ -207,6 +209,78 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Write the federation salt to the truebit-config KV bucket when it holds none (never over
+    /// another).
+    #[arg(long, env = "FEDERATION_SALT", hide_env_values = true)]
+    pub federation_salt: Option<String>,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+/// Contract §10: every setting a flag with an environment fallback.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The runner's EventDB: the `*-eventDB.json` file, or the folder that holds it.
+    #[arg(long, env = "EVENTDB")]
+    pub eventdb: Option<PathBuf>,
+    /// The runner's debug log folder (`*.log` followed, `*.log.gz` read once).
+    #[arg(long, env = "RUNNER_LOGS")]
+    pub logs: Option<PathBuf>,
+    /// The network's salt; without it, the key `salt` of the truebit-config KV bucket.
+    #[arg(long, env = "FEDERATION_SALT", hide_env_values = true)]
+    pub federation_salt: Option<String>,
+    /// The node's seed file (mode 0600, from `keys new`); without it messages go unsigned.
+    #[arg(long, env = "NODE_KEY_SEED")]
+    pub key_seed: Option<PathBuf>,
+    /// The node's pseudonym; default `node-<uuid>`, made once and kept in the state directory.
+    #[arg(long, env = "NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// The outbox, what was read and the last snapshot.
+    #[arg(long, env = "STATE_DIR", default_value = "./data/node")]
+    pub state_dir: PathBuf,
+    /// Where GET /api/federation/network-stats answers; `off` for nowhere.
+    #[arg(long, env = "NODE_HTTP_ADDR", default_value = "127.0.0.1:8481", value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
+    /// The aggregator's publish interval (ms): a snapshot older than two is stale.
+    #[arg(long, env = "PUBLISH_INTERVAL", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub publish_interval: u64,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_interval: u64,
+    /// Seconds an event waits for a better source of its time or figures (see the README).
+    #[arg(long, env = "NODE_GRACE", default_value_t = 60)]
+    pub grace: u64,
+    /// Most events the outbox keeps while NATS is away.
+    #[arg(long, env = "OUTBOX_MAX", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub outbox_max: u64,
+    /// Print the nodeId (which an operator needs to bind a key) and exit.
+    #[arg(long)]
+    pub show_id: bool,
+}
+
+/// An HTTP listen address, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    if s == "off" {
+        return Ok(HttpAddr(None));
+    }
+    s.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
+        format!("{s:?} is not an address; write HOST:PORT such as 127.0.0.1:8481, or off")
+    })
+}
+
+fn parse_node_id(s: &str) -> Result<String, String> {
+    let ok = (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    ok.then(|| s.to_string())
+        .ok_or_else(|| format!("{s:?} is not a nodeId: 1–128 characters of A-Z a-z 0-9 . _ : -"))
+}
+
+#[derive(Debug, Args)]
 pub struct TopologyArgs {
     /// Replicas of every stream (1 on one server, 3 on a cluster).
     #[arg(long, env = "REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
@@ -318,7 +392,37 @@ pub async fn run(
                 crate::render(&snapshot)
             })
         }
-        Command::Init(args) => crate::init(&nats, &args.config()).await,
+        Command::Init(args) => {
+            crate::init(
+                &nats,
+                &args.topology.config(),
+                args.federation_salt.as_deref(),
+            )
+            .await
+        }
+        Command::Node(args) => {
+            if args.show_id {
+                let id = crate::node::show_id(&args.state_dir, args.node_id.as_deref())?;
+                return Ok(format!("{id}\n"));
+            }
+            let config = crate::NodeConfig {
+                nats,
+                eventdb: args.eventdb,
+                logs: args.logs,
+                salt: args.federation_salt,
+                key_seed: args.key_seed,
+                node_id: args.node_id,
+                state_dir: args.state_dir,
+                http_addr: args.http_addr.0,
+                publish_interval: Duration::from_millis(args.publish_interval),
+                heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
+                poll_interval: Duration::from_secs(1),
+                grace: Duration::from_secs(args.grace),
+                outbox_max: args.outbox_max,
+            };
+            crate::node(config, shutdown).await?;
+            Ok(String::new())
+        }
         Command::Replay(args) => {
             let config = crate::ReplayConfig {
                 nats,

@@ -4,7 +4,13 @@ use crate::topology::{self, TopologyConfig};
 use crate::{Error, NatsConfig};
 use async_nats::jetstream;
 
-pub async fn init(nats: &NatsConfig, config: &TopologyConfig) -> Result<String, Error> {
+/// Creates or updates the topology; with `salt`, writes the federation salt to `truebit-config`
+/// when it holds none (never over another).
+pub async fn init(
+    nats: &NatsConfig,
+    config: &TopologyConfig,
+    salt: Option<&str>,
+) -> Result<String, Error> {
     let client = nats.connect("truebit-federation init").await?;
     let js = jetstream::new(client);
     let mut t = topology::ensure(&js, config).await?;
@@ -26,5 +32,24 @@ pub async fn init(nats: &NatsConfig, config: &TopologyConfig) -> Result<String, 
         ));
     }
     out.push_str(&format!("kv     {:<16} ready\n", topology::STATS_BUCKET));
+    let salt_line = match salt {
+        Some(salt) if salt.trim().is_empty() => {
+            return Err(Error::Usage(
+                "--federation-salt is empty; give the network's salt (a long random string)".into(),
+            ))
+        }
+        Some(salt) => {
+            if topology::put_salt_if_absent(&js, salt).await? {
+                "salt written"
+            } else {
+                "salt already set (kept; it is never overwritten)"
+            }
+        }
+        None => "ready",
+    };
+    out.push_str(&format!(
+        "kv     {:<16} {salt_line}\n",
+        topology::CONFIG_BUCKET
+    ));
     Ok(out)
 }

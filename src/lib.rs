@@ -6,6 +6,7 @@
 //!   it refuses, publishes snapshots every interval and answers `stats` queries.
 //! - [`stats`] reads a snapshot from the database file, or asks the `serve` that holds it.
 //! - [`init`] creates or updates the topology.
+//! - [`node()`] is the node agent: it runs beside a TrueBit runner and publishes what it did.
 //! - [`replay`] rebuilds the database from the stream, or verifies it against a rebuild.
 //!
 //! `serve` takes its shutdown as a future, so that tests drive it as `main` does with signals:
@@ -28,6 +29,7 @@ mod init;
 pub mod keys;
 mod leader;
 mod nats;
+pub mod node;
 mod publish;
 mod query;
 mod replay;
@@ -38,6 +40,7 @@ pub mod topology;
 pub use error::Error;
 pub use init::init;
 pub use nats::NatsConfig;
+pub use node::{node, NodeConfig};
 pub use replay::{replay, ReplayConfig};
 pub use serve::{serve, ServeConfig};
 pub use stats::{render, stats, StatsConfig};

@@ -9,8 +9,11 @@ use truebit_federation::cli::{self, Cli};
 fn main() -> ExitCode {
     keep_large_buffers_out_of_the_heap();
     let cli = Cli::parse();
-    // serve reports what it does; one-shot commands speak only when something is wrong.
-    let default_level = if matches!(cli.command, cli::Command::Serve(_)) {
+    // serve and node report what they do; one-shot commands speak only when something is wrong.
+    let default_level = if matches!(
+        cli.command,
+        cli::Command::Serve(_) | cli::Command::Node(cli::NodeArgs { show_id: false, .. })
+    ) {
         "info"
     } else {
         "warn"

@@ -36,6 +36,25 @@ impl NatsConfig {
     /// Connects, failing at once if no server of the list can be reached; after that, the client
     /// reconnects by itself, to any server of the cluster, for as long as it takes.
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, Error> {
+        self.connect_with(name, false, None).await
+    }
+
+    /// A client that connects in the background, however long the server is away (the node
+    /// agent works without it), and reports every connect and reconnect on `connected`.
+    pub async fn connect_patiently(
+        &self,
+        name: &str,
+        connected: tokio::sync::broadcast::Sender<()>,
+    ) -> Result<async_nats::Client, Error> {
+        self.connect_with(name, true, Some(connected)).await
+    }
+
+    async fn connect_with(
+        &self,
+        name: &str,
+        patient: bool,
+        connected: Option<tokio::sync::broadcast::Sender<()>>,
+    ) -> Result<async_nats::Client, Error> {
         let mut options = match &self.creds {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
                 .await
@@ -60,18 +79,29 @@ impl NatsConfig {
             options = options.token(token.clone());
         }
         let url = self.url.clone();
+        if patient {
+            options = options.retry_on_initial_connect();
+        }
         options
             .name(name)
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("disconnected from NATS; reconnecting")
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            if let Some(tx) = connected {
+                                let _ = tx.send(());
+                            }
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("disconnected from NATS; reconnecting")
+                        }
+                        // Closed is what dropping the client at the end of a command looks like.
+                        async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
+                        other => tracing::warn!(event = %other, "NATS"),
                     }
-                    // Closed is what dropping the client at the end of a command looks like.
-                    async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
-                    other => tracing::warn!(event = %other, "NATS"),
                 }
             })
             .connect(self.servers())

@@ -13,7 +13,8 @@ use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
 pub use truebit_streams::names::{
-    CHECKPOINT_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, LEADER_BUCKET, STATS_BUCKET,
+    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, LEADER_BUCKET, SALT_KEY,
+    STATS_BUCKET,
 };
 use truebit_streams::subjects;
 
@@ -175,16 +176,39 @@ pub fn leader_bucket_stream_config(cfg: &TopologyConfig) -> Config {
         name: format!("KV_{LEADER_BUCKET}"),
         description: Some("the lease of the TrueBit aggregator instance that publishes".into()),
         subjects: vec![format!("$KV.{LEADER_BUCKET}.>")],
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
+        ..stats_bucket_stream_config(cfg)
+    }
+}
+
+/// The stream behind the `truebit-config` KV bucket: the network's settings, the federation salt
+/// among them (contract §2, §10).
+pub fn config_bucket_stream_config(cfg: &TopologyConfig) -> Config {
+    Config {
+        name: format!("KV_{CONFIG_BUCKET}"),
+        description: Some("TrueBit network settings: the federation salt".into()),
+        subjects: vec![format!("$KV.{CONFIG_BUCKET}.>")],
         max_messages_per_subject: 1,
-        discard: DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        duplicate_window: DUPLICATE_WINDOW,
-        num_replicas: cfg.replicas,
-        ..Default::default()
+        ..stats_bucket_stream_config(cfg)
+    }
+}
+
+/// Writes the federation salt when the bucket has none; never overwrites one. Returns whether
+/// it wrote it.
+pub async fn put_salt_if_absent(js: &Context, salt: &str) -> Result<bool, TopologyError> {
+    let kv = js
+        .get_key_value(CONFIG_BUCKET)
+        .await
+        .map_err(|e| TopologyError::js(format!("opening KV bucket {CONFIG_BUCKET}"), e))?;
+    match kv
+        .create(SALT_KEY, salt.to_string().into_bytes().into())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(TopologyError::js(
+            format!("writing the salt to {CONFIG_BUCKET}"),
+            e,
+        )),
     }
 }
 
@@ -194,6 +218,7 @@ pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, Topo
     let events = ensure_stream(js, events_stream_config(cfg)).await?;
     let dlq = ensure_stream(js, dlq_stream_config(cfg)).await?;
     ensure_stream(js, stats_bucket_stream_config(cfg)).await?;
+    ensure_stream(js, config_bucket_stream_config(cfg)).await?;
     let stats = js
         .get_key_value(STATS_BUCKET)
         .await

@@ -14,6 +14,8 @@
 //!   [`Operator`] event of the key registry (contract §7).
 //! - [`SigningKey`] signs a message and [`Verifier`] checks one: [`Signer`] is what the headers
 //!   show, before the registry is asked whether that key may publish.
+//! - [`anonymize`] is the producer side (§10): salted hashes, buckets from raw figures,
+//!   5-minute times and the `Nats-Msg-Id` of an event, as a node agent publishes them.
 //! - [`subjects`] and [`names`] spell every subject, stream, bucket, key and header.
 //!
 //! ```
@@ -34,6 +36,7 @@
 
 #[cfg(test)]
 mod agreement;
+pub mod anonymize;
 mod dead_letter;
 mod encode;
 mod event;

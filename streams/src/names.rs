@@ -30,6 +30,11 @@ pub const LEADER_KEY: &str = "serve";
 /// The instance name of a `serve` started without `--instance`.
 pub const DEFAULT_INSTANCE: &str = "default";
 
+/// The KV bucket of the network's settings (contract §2, §10).
+pub const CONFIG_BUCKET: &str = "truebit-config";
+/// The key of [`CONFIG_BUCKET`] that holds the federation salt.
+pub const SALT_KEY: &str = "salt";
+
 /// The KV key that holds the same JSON as the last message on `truebit.stats.aggregated`.
 pub const LATEST_KEY: &str = "latest";
 

@@ -46,7 +46,8 @@ pub fn monitor_fixtures() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn shared_dir() -> PathBuf {
+/// The `shared/` folder beside the repository, or `TRUEBIT_SHARED`.
+pub fn shared_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TRUEBIT_SHARED") {
         return dir.into();
     }

@@ -1,0 +1,380 @@
+//! `truebit-federation node` (contract §10): runs beside a TrueBit runner, reads its EventDB and
+//! logs, publishes anonymized, signed events through JetStream with nothing lost, and gives the
+//! node the network's numbers.
+//!
+//! Each file does one job: [`runner`] reads the raw formats, [`tracker`] turns them into events
+//! (with [`truebit_streams::anonymize`] deciding what may leave), [`eventdb`] and [`logs`] watch
+//! the files, [`state`] remembers what was read and keeps the outbox, [`publisher`] sends it,
+//! [`network`] follows the snapshots, [`http`] shows them.
+
+pub mod eventdb;
+#[cfg(test)]
+mod fixtures_test;
+pub mod http;
+pub mod logs;
+pub mod network;
+pub mod publisher;
+pub mod runner;
+pub mod state;
+pub mod tracker;
+
+use crate::{Error, NatsConfig};
+use state::{Batch, Outgoing, State};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, Notify};
+use truebit_streams::anonymize::{self, Salt};
+use truebit_streams::names::{CONFIG_BUCKET, SALT_KEY};
+use truebit_streams::{Event, EventKind, Heartbeat};
+
+/// The settings of §10.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub nats: NatsConfig,
+    /// The runner's `*-eventDB.json`, or a folder that holds it.
+    pub eventdb: Option<PathBuf>,
+    /// The runner's debug log folder.
+    pub logs: Option<PathBuf>,
+    pub salt: Option<String>,
+    pub key_seed: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub state_dir: PathBuf,
+    /// `None`: no HTTP endpoint.
+    pub http_addr: Option<SocketAddr>,
+    /// The aggregator's publish interval: a snapshot older than two is `stale`.
+    pub publish_interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// How often the runner's files are looked at.
+    pub poll_interval: Duration,
+    /// How long an event waits for a better source of its time or figures (see [`tracker`]).
+    pub grace: Duration,
+    /// Most events the outbox holds; when full, the runner's files are not read until it drains.
+    pub outbox_max: u64,
+}
+
+impl NodeConfig {
+    pub fn new(nats_url: &str, state_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            nats: NatsConfig::new(nats_url),
+            eventdb: None,
+            logs: None,
+            salt: None,
+            key_seed: None,
+            node_id: None,
+            state_dir: state_dir.into(),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8481))),
+            publish_interval: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(60),
+            outbox_max: 100_000,
+        }
+    }
+}
+
+/// `node --show-id`: the `nodeId` this agent publishes as (made and kept on first use).
+pub fn show_id(state_dir: &Path, given: Option<&str>) -> Result<String, Error> {
+    State::open(state_dir)?.node_id(given)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn outgoing(event: &Event) -> Outgoing {
+    Outgoing {
+        subject: event.subject().to_string(),
+        msg_id: anonymize::msg_id(event),
+        payload: event.payload(),
+    }
+}
+
+fn status_event(node_id: &str, kind: EventKind) -> Outgoing {
+    outgoing(&Event {
+        node_id: node_id.to_string(),
+        minute: anonymize::floor_5min(now()),
+        kind,
+    })
+}
+
+/// Runs the agent until `shutdown` completes; then says `node_left` and stops.
+pub async fn node(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let key = match &config.key_seed {
+        Some(path) => Some(Arc::new(crate::keys::read_seed(path, "the node key seed")?)),
+        None => {
+            tracing::warn!("no --key-seed / NODE_KEY_SEED: messages go unsigned, which only an open network admits");
+            None
+        }
+    };
+    let given_salt = match &config.salt {
+        Some(s) => Some(Salt::new(s).ok_or_else(|| {
+            Error::Usage("--federation-salt / FEDERATION_SALT is empty; give the network's salt, or leave it unset to read it from the truebit-config KV bucket".into())
+        })?),
+        None => None,
+    };
+    let listener = match config.http_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::Usage(format!("cannot listen on {addr}: {e}; choose another --http-addr / NODE_HTTP_ADDR, or `off`"))
+        })?),
+        None => None,
+    };
+    let state = Arc::new(State::open(&config.state_dir)?);
+    let node_id = state.node_id(config.node_id.as_deref())?;
+    tracing::info!(%node_id, signed_by = ?key.as_ref().map(|k| k.public_key().to_string()), "node agent starting");
+
+    let (connected, _) = broadcast::channel(16);
+    let joined_rx = connected.subscribe();
+    let network_rx = connected.subscribe();
+    let client = config
+        .nats
+        .connect_patiently("truebit-federation node", connected.clone())
+        .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let wake = Arc::new(Notify::new());
+
+    let view: network::View = Arc::new(std::sync::Mutex::new(state.snapshot()?));
+    let mut tasks = Vec::new();
+    if let Some(listener) = listener {
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /api/federation/network-stats");
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            view.clone(),
+            config.publish_interval,
+        )));
+    }
+    tasks.push(tokio::spawn(network::follow(
+        client.clone(),
+        state.clone(),
+        view,
+        network_rx,
+    )));
+    let publisher = tokio::spawn(
+        publisher::Publisher {
+            js: js.clone(),
+            state: state.clone(),
+            key: key.clone(),
+            wake: wake.clone(),
+        }
+        .run(),
+    );
+
+    // The salt: given, or read from KV until NATS has it.
+    let salt: Arc<OnceLock<Salt>> = Arc::new(OnceLock::new());
+    if let Some(s) = given_salt {
+        let _ = salt.set(s);
+    } else {
+        tasks.push(tokio::spawn(fetch_salt(js.clone(), salt.clone())));
+    }
+
+    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (state, salt, counts, stop, wake, node_id, config) = (
+            state.clone(),
+            salt.clone(),
+            counts.clone(),
+            stop.clone(),
+            wake.clone(),
+            node_id.clone(),
+            config.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            read_loop(&config, &state, &salt, &counts, &stop, &wake, &node_id)
+        })
+    };
+
+    tasks.push(tokio::spawn(say_alive(
+        state.clone(),
+        node_id.clone(),
+        counts.clone(),
+        wake.clone(),
+        joined_rx,
+        config.heartbeat_interval,
+    )));
+
+    shutdown.await;
+    tracing::info!("stopping: saying node_left");
+    stop.store(true, Ordering::SeqCst);
+    let read_result = truebit_replay::task::joined(reader).await;
+    for t in &tasks {
+        t.abort();
+    }
+    publisher.abort();
+    let _ = publisher.await;
+    state.enqueue(vec![status_event(
+        &node_id,
+        EventKind::NodeLeft {
+            status: Some("offline".into()),
+        },
+    )])?;
+    let last = publisher::Publisher {
+        js,
+        state: state.clone(),
+        key,
+        wake,
+    };
+    match tokio::time::timeout(Duration::from_secs(5), last.drain()).await {
+        Ok(Ok(_)) => tracing::info!("the outbox is empty; stopped"),
+        _ => tracing::warn!(
+            waiting = state.outbox_len().unwrap_or(0),
+            "NATS did not take everything before stopping; the rest goes at the next start"
+        ),
+    }
+    let _ = client.flush().await;
+    read_result
+}
+
+/// Reads the federation salt from KV until it is there, saying clearly why nothing is read.
+async fn fetch_salt(js: async_nats::jetstream::Context, salt: Arc<OnceLock<Salt>>) {
+    let mut said = None::<Instant>;
+    loop {
+        let found = match js.get_key_value(CONFIG_BUCKET).await {
+            Ok(kv) => kv.get(SALT_KEY).await.ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some(s) = found.and_then(|v| Salt::new(&String::from_utf8_lossy(&v))) {
+            tracing::info!("read the federation salt from the truebit-config KV bucket");
+            let _ = salt.set(s);
+            return;
+        }
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!("no federation salt: neither --federation-salt / FEDERATION_SALT nor the key `salt` of the KV bucket truebit-config (written by `truebit-federation init --federation-salt S`); the runner's files are not read until there is one, because a hash without the network's salt never deduplicates. Retrying");
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// `node_joined` on every connect and reconnect; a heartbeat every interval, buckets only.
+async fn say_alive(
+    state: Arc<State>,
+    node_id: String,
+    counts: Arc<(AtomicU64, AtomicU64)>,
+    wake: Arc<Notify>,
+    mut connected: broadcast::Receiver<()>,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let event = tokio::select! {
+            r = connected.recv() => {
+                if matches!(r, Err(broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+                EventKind::NodeJoined { status: Some("online".into()) }
+            }
+            _ = ticks.tick() => EventKind::HeartbeatReported(Heartbeat {
+                status: Some("online".into()),
+                total_tasks: Some(anonymize::total_tasks(counts.0.load(Ordering::Relaxed))),
+                active_tasks: Some(anonymize::active_tasks(counts.1.load(Ordering::Relaxed))),
+                continent: None,
+                location: None,
+            }),
+        };
+        if let Err(e) = state.enqueue(vec![status_event(&node_id, event)]) {
+            tracing::error!(error = %e, "cannot put an event in the outbox");
+        }
+        wake.notify_one();
+    }
+}
+
+/// Reads the runner's files every poll, until `stop`: each cycle's reading and the events it
+/// made are committed together.
+fn read_loop(
+    config: &NodeConfig,
+    state: &State,
+    salt: &OnceLock<Salt>,
+    counts: &(AtomicU64, AtomicU64),
+    stop: &AtomicBool,
+    wake: &Notify,
+    node_id: &str,
+) -> Result<(), Error> {
+    let (mut tracker, mut seen) = state.load()?;
+    let (positions, gz_read) = state.logs()?;
+    let mut logs = config
+        .logs
+        .clone()
+        .map(|dir| logs::Logs::new(dir, positions, gz_read));
+    let mut eventdb = config.eventdb.clone().map(eventdb::EventDb::new);
+    let mut first = true;
+    let mut full = false;
+    let grace = config.grace.as_secs() as i64;
+    let (total, active) = tracker.counts();
+    counts.0.store(total, Ordering::Relaxed);
+    counts.1.store(active, Ordering::Relaxed);
+    while !stop.load(Ordering::SeqCst) {
+        let pause = |stop: &AtomicBool| {
+            let until = Instant::now() + config.poll_interval;
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50).min(config.poll_interval));
+            }
+        };
+        let Some(salt) = salt.get() else {
+            pause(stop);
+            continue;
+        };
+        let waiting = state.outbox_len()?;
+        if waiting >= config.outbox_max {
+            if !full {
+                tracing::warn!(waiting, max = config.outbox_max, "the outbox is full: the runner's files are not read until NATS takes what waits (nothing read is lost; a log rotated away meanwhile is)");
+            }
+            full = true;
+            pause(stop);
+            continue;
+        }
+        if full {
+            tracing::info!(
+                waiting,
+                "the outbox has room again: reading the runner's files"
+            );
+            full = false;
+        }
+        let at = now();
+        let mut batch = Batch::default();
+        if let Some(logs) = &mut logs {
+            if first {
+                logs.read_gz_once(&mut tracker, at, &mut batch);
+            }
+            logs.poll(&mut tracker, at, &mut batch);
+        }
+        first = false;
+        if let Some(records) = eventdb.as_mut().and_then(|e| e.poll()) {
+            for record in records {
+                let key = record.key();
+                if seen.insert(key.clone()) {
+                    tracker.record(&record, at);
+                    batch.seen.push(key);
+                }
+            }
+        }
+        batch.events = tracker
+            .ready(at, grace, node_id, salt)
+            .iter()
+            .map(|r| outgoing(&r.event))
+            .collect();
+        let made = batch.events.len();
+        if tracker.has_changes()
+            || !batch.seen.is_empty()
+            || !batch.logs.is_empty()
+            || !batch.gz_read.is_empty()
+        {
+            state.commit(Some(&mut tracker), batch)?;
+            let (total, active) = tracker.counts();
+            counts.0.store(total, Ordering::Relaxed);
+            counts.1.store(active, Ordering::Relaxed);
+        }
+        if made > 0 {
+            tracing::info!(events = made, "read the runner's files");
+            wake.notify_one();
+        }
+        pause(stop);
+    }
+    Ok(())
+}
