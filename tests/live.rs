@@ -458,7 +458,9 @@ async fn a_late_joiner_reads_the_snapshot_from_kv() {
 
 #[tokio::test]
 async fn a_nats_server_restart_in_the_middle_of_folding_loses_nothing() {
-    let mut served = Served::start().await;
+    // Pulls of one message, so that folding the first half takes long enough for the restart
+    // to come in the middle of it on any machine (one commit per queued handful of messages).
+    let mut served = Served::start_with(|c| c.batch_size = 1).await;
     let fleet = truebit_testkit::Fleet::new(50, 7);
     let (messages, expected) = fleet.generate(3000);
     let messages: Vec<(String, Vec<u8>)> = messages
