@@ -14,6 +14,7 @@
 //!   [`Operator`] event of the key registry (contract §7).
 //! - [`SigningKey`] signs a message and [`Verifier`] checks one: [`Signer`] is what the headers
 //!   show, before the registry is asked whether that key may publish.
+//! - [`HistoryRecord`] is what each publish appends to `TRUEBIT_STATS`: the network's history.
 //! - [`subjects`] and [`names`] spell every subject, stream, bucket, key and header.
 //!
 //! ```
@@ -38,6 +39,7 @@ mod dead_letter;
 mod encode;
 mod event;
 mod fast;
+mod history;
 mod json;
 mod labels;
 pub mod names;
@@ -53,6 +55,7 @@ mod validate;
 pub use dead_letter::{msg_id as dead_letter_msg_id, DeadLetter, KEEP_AS_SENT};
 pub use encode::minute_timestamp;
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
+pub use history::HistoryRecord;
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 pub use operator::{
     operator_payload, read, KeyGrant, Message, Mode, Operator, OperatorKind, Permissions,

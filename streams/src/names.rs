@@ -15,6 +15,13 @@ pub const STATS_BUCKET: &str = "truebit-stats";
 /// events can expire from `TRUEBIT_EVENTS` without a rebuild losing what they counted.
 pub const CHECKPOINT_BUCKET: &str = "truebit-checkpoints";
 
+/// The published history (contract §8): one compact record per snapshot published, the plan's
+/// `network_stats` table, readable by any NATS client.
+pub const HISTORY_STREAM: &str = "TRUEBIT_STATS";
+/// The NATS micro service that answers `stats` (and `keys list`) requests: `$SRV.PING`,
+/// `$SRV.INFO` and `$SRV.STATS` find it.
+pub const STATS_SERVICE: &str = "truebit-stats";
+
 /// The KV key that holds the same JSON as the last message on `truebit.stats.aggregated`.
 pub const LATEST_KEY: &str = "latest";
 
