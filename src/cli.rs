@@ -184,8 +184,24 @@ pub struct ServeArgs {
     /// `explicit` (one per message); both only after the commit.
     #[arg(long, env = "ACK_POLICY", default_value = "all", value_parser = |s: &str| AckMode::parse(s).ok_or_else(|| format!("{s:?} is not an ack policy; write all or explicit")))]
     pub ack_policy: AckMode,
+    /// Where to serve HTTP (dashboard, /metrics, /healthz, /readyz, /api/…): host:port, or `off`.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8480", value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
     #[command(flatten)]
     pub topology: TopologyArgs,
+}
+
+/// `HTTP_ADDR`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpAddr(None));
+    }
+    s.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
+        format!("{s:?} is not an address to listen on; write host:port with a numeric host, e.g. 127.0.0.1:8480 or 0.0.0.0:8480, or off")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +215,9 @@ pub struct TopologyArgs {
     /// How long TRUEBIT_DLQ keeps dead letters.
     #[arg(long, env = "DLQ_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub dlq_max_age: Duration,
+    /// How long TRUEBIT_STATS keeps the published history (e.g. 400d); 0 keeps it forever.
+    #[arg(long, env = "STATS_MAX_AGE", default_value = "400d", value_parser = parse_duration)]
+    pub stats_max_age: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +262,7 @@ impl TopologyArgs {
             replicas: self.replicas as usize,
             events_max_age: self.events_max_age,
             dlq_max_age: self.dlq_max_age,
+            stats_max_age: self.stats_max_age,
         }
     }
 }
@@ -277,6 +297,8 @@ pub async fn run(
                 checkpoints_kept: args.checkpoints_kept as usize,
                 ack_mode: args.ack_policy,
                 admin_key: cli.global.admin_key,
+                http_addr: args.http_addr.0,
+                http_bound: Default::default(),
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())

@@ -4,6 +4,8 @@
 //! between the two sends it again, and JetStream's duplicate window stores it once.
 
 use crate::backoff::Backoff;
+use crate::http::metrics::ReasonLabel;
+use crate::http::Metrics;
 use crate::Error;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
@@ -25,10 +27,11 @@ pub(crate) async fn publish(
     js: jetstream::Context,
     db: Arc<Projections>,
     mut applied: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::new();
     loop {
-        match drain(&js, &db).await {
+        match drain(&js, &db, &metrics).await {
             Ok(()) => {
                 backoff.reset();
                 if applied.changed().await.is_err() {
@@ -45,7 +48,7 @@ pub(crate) async fn publish(
         }
     }
     // Bounded, so that a stop while NATS is away does not hang: what is left waits on disk.
-    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db)).await {
+    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &metrics)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "stopping with dead letters in the outbox; the next start sends them")
@@ -57,7 +60,11 @@ pub(crate) async fn publish(
 }
 
 /// Sends everything in the outbox; an error leaves the unsent part there.
-async fn drain(js: &jetstream::Context, db: &Arc<Projections>) -> Result<(), Error> {
+async fn drain(
+    js: &jetstream::Context,
+    db: &Arc<Projections>,
+    metrics: &Metrics,
+) -> Result<(), Error> {
     loop {
         let pending = {
             let db = db.clone();
@@ -70,9 +77,23 @@ async fn drain(js: &jetstream::Context, db: &Arc<Projections>) -> Result<(), Err
         for (_, dead) in &pending {
             acks.push(send(js, dead).await?);
         }
-        for ack in acks {
-            ack.await
+        for (ack, (_, dead)) in acks.into_iter().zip(&pending) {
+            let stored = ack
+                .await
                 .map_err(|e| Error::nats("storing a dead letter", e))?;
+            // A copy JetStream already held (sent before a crash) is not stored again.
+            let reason = dead
+                .subject
+                .strip_prefix(truebit_streams::subjects::DLQ_PREFIX)
+                .and_then(truebit_streams::Reason::parse);
+            if let (false, Some(reason)) = (stored.duplicate, reason) {
+                metrics
+                    .dead_letters
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+            }
         }
         let seqs: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
         tracing::debug!(count = seqs.len(), "dead letters stored");

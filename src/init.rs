@@ -9,7 +9,7 @@ pub async fn init(nats: &NatsConfig, config: &TopologyConfig) -> Result<String, 
     let js = jetstream::new(client);
     let mut t = topology::ensure(&js, config).await?;
     let mut out = String::new();
-    for stream in [&mut t.events, &mut t.dlq] {
+    for stream in [&mut t.events, &mut t.dlq, &mut t.history] {
         let info = stream
             .info()
             .await

@@ -24,6 +24,8 @@ pub mod cli;
 mod dead_letters;
 mod error;
 mod files;
+pub mod history;
+pub mod http;
 mod init;
 pub mod keys;
 mod nats;
@@ -35,6 +37,7 @@ mod stats;
 pub mod topology;
 
 pub use error::Error;
+pub use history::{NodeCounts, NodeHistory};
 pub use init::init;
 pub use nats::NatsConfig;
 pub use replay::{replay, ReplayConfig};

@@ -1,19 +1,24 @@
-//! Snapshots out: `truebit.stats.aggregated` and the `truebit-stats` KV bucket.
+//! Snapshots out: `truebit.stats.aggregated`, the `truebit-stats` KV bucket, and a history
+//! record in `TRUEBIT_STATS` (contract §8) for each publish.
 
+use crate::http::{Metrics, Published, Status};
 use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
 use truebit_streams::names::HEADER_LAST_SEQ;
-use truebit_streams::{subjects, Minute, Snapshot};
+use truebit_streams::{subjects, HistoryRecord, Minute, Snapshot};
 
 #[derive(Clone)]
 pub(crate) struct Publisher {
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     db: Arc<Projections>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
 }
 
 /// The current minute: the snapshot time `T` of contract §5.1.
@@ -22,8 +27,21 @@ pub(crate) fn now_minute() -> Minute {
 }
 
 impl Publisher {
-    pub fn new(client: async_nats::Client, kv: kv::Store, db: Arc<Projections>) -> Self {
-        Publisher { client, kv, db }
+    pub fn new(
+        client: async_nats::Client,
+        kv: kv::Store,
+        db: Arc<Projections>,
+        metrics: Arc<Metrics>,
+        status: Arc<Status>,
+    ) -> Self {
+        Publisher {
+            js: async_nats::jetstream::new(client.clone()),
+            client,
+            kv,
+            db,
+            metrics,
+            status,
+        }
     }
 
     pub fn db(&self) -> Arc<Projections> {
@@ -66,15 +84,26 @@ impl Publisher {
                 if let Err(e) = self.kv.put(latest, body.clone().into()).await {
                     tracing::warn!(error = %e, "cannot store the snapshot under latest");
                 }
-                if let Err(e) = self
+                match self
                     .client
                     .publish_with_headers(subjects::STATS_AGGREGATED, headers.clone(), body.into())
                     .await
                 {
-                    tracing::warn!(error = %e, "cannot publish the snapshot");
+                    Ok(()) => {
+                        self.metrics.snapshots_published.inc();
+                        self.status.set_published(Published {
+                            when: SystemTime::now(),
+                            seq: applied,
+                            message: snapshot.to_message(),
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot publish the snapshot"),
                 }
+                self.store_history(&HistoryRecord::of(snapshot, applied))
+                    .await;
             }
         }
+        self.metrics.snapshot_age.set(0.0);
         if let Some(all) = snapshots.iter().find(|s| s.period.latest_key().is_some()) {
             tracing::info!(
                 applied,
@@ -84,6 +113,27 @@ impl Publisher {
                 total_ms = started.elapsed().as_secs_f64() * 1e3,
                 "published snapshot"
             );
+        }
+    }
+
+    /// Appends the record of a publish to `TRUEBIT_STATS`; a failure is logged, and the history
+    /// has a gap there (the next publish stores the next record).
+    async fn store_history(&self, record: &HistoryRecord) {
+        let stored = match self
+            .js
+            .publish(subjects::STATS_HISTORY, record.to_json().into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                self.metrics.history_records.inc();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store the history record in TRUEBIT_STATS")
+            }
         }
     }
 }

@@ -6,9 +6,12 @@
 
 mod catch_up;
 mod commit;
+mod lag;
 mod order;
 mod receive;
 
+use crate::history::NodeHistory;
+use crate::http::{self, AppState, Metrics, Status};
 use crate::publish::Publisher;
 use crate::topology::{self, AckMode, TopologyConfig};
 use crate::{query, Error, NatsConfig};
@@ -17,8 +20,9 @@ use catch_up::CatchUp;
 use order::Order;
 use receive::Receiver;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use truebit_projections::Projections;
@@ -42,6 +46,11 @@ pub struct ServeConfig {
     pub ack_mode: AckMode,
     /// The root key of the key registry (contract §7): the first admin.
     pub admin_key: Option<PublicKey>,
+    /// Where HTTP is served (contract §8); `None` serves none. [`ServeConfig::new`] leaves it
+    /// `None`; the command line's default is `127.0.0.1:8480`.
+    pub http_addr: Option<SocketAddr>,
+    /// Set to the address HTTP listens on once it does (port 0 picks a free one).
+    pub http_bound: Arc<OnceLock<SocketAddr>>,
 }
 
 impl ServeConfig {
@@ -56,6 +65,9 @@ impl ServeConfig {
             checkpoints_kept: 3,
             ack_mode: AckMode::default(),
             admin_key: None,
+            // Embedded, HTTP is opt-in; the command line's default is 127.0.0.1:8480.
+            http_addr: None,
+            http_bound: Arc::default(),
         }
     }
 }
@@ -74,6 +86,21 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // Bound first, so that a taken address fails the start at once, before anything is touched.
+    let listener = match config.http_addr {
+        Some(addr) => {
+            let listener = http::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let _ = config.http_bound.set(bound);
+            tracing::info!(%bound, "HTTP: dashboard at http://{bound}/, metrics at /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(Status::new(config.batch_size as u64));
+    // One instance publishes until high availability lands (contract §9): it is the leader.
+    metrics.leader.set(1);
 
     let client = config.nats.connect("truebit-federation serve").await?;
     let js = jetstream::new(client.clone());
@@ -113,12 +140,46 @@ pub async fn serve(
         topology::aggregator_consumer(&topology.events, applied, config.ack_mode).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 
-    let publisher = Publisher::new(client.clone(), topology.stats.clone(), db.clone());
-    let responder = tokio::spawn(query::answer(
+    metrics.last_applied.set(applied as i64);
+    metrics.stream_last.set(target as i64);
+    let publisher = Publisher::new(
         client.clone(),
-        publisher.clone(),
+        topology.stats.clone(),
+        db.clone(),
+        metrics.clone(),
+        status.clone(),
+    );
+    let responder = {
+        let (client, publisher, stop, status) = (
+            client.clone(),
+            publisher.clone(),
+            stop.clone(),
+            status.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = query::answer(client, publisher, stop).await {
+                tracing::error!(error = %e, "stats queries go unanswered");
+                status.fail(e);
+            }
+        })
+    };
+    let nodes = Arc::new(NodeHistory::default());
+    let following = tokio::spawn(crate::history::follow(
+        topology.history.clone(),
+        nodes.clone(),
         stop.clone(),
     ));
+    let serving_http = listener.map(|listener| {
+        let state = AppState {
+            metrics: metrics.clone(),
+            status: status.clone(),
+            db: db.clone(),
+            nodes: nodes.clone(),
+            publish_interval: config.publish_interval,
+            db_path: config.db_path.clone(),
+        };
+        tokio::spawn(http::run(listener, state, stop.clone()))
+    });
 
     // The fold is a two-stage pipeline: the receiver pulls, validates and dead-letters the next
     // batches while the committer folds and commits the previous ones. Batches that queue up
@@ -132,6 +193,15 @@ pub async fn serve(
         verifier: Verifier::new(),
         stop: stop.clone(),
     };
+    let watching = tokio::spawn(lag::watch(
+        client.clone(),
+        consumer.clone(),
+        topology.events.clone(),
+        applied_rx.clone(),
+        metrics.clone(),
+        status.clone(),
+        stop.clone(),
+    ));
     let receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));
     let mut committing = tokio::spawn(commit::commit(
         client.clone(),
@@ -139,11 +209,13 @@ pub async fn serve(
         config.ack_mode,
         ready_rx,
         applied_tx,
+        metrics.clone(),
     ));
     let dead_letters = tokio::spawn(crate::dead_letters::publish(
         js.clone(),
         db.clone(),
         applied_rx.clone(),
+        metrics.clone(),
     ));
 
     let mut ticker = tokio::time::interval_at(
@@ -153,6 +225,9 @@ pub async fn serve(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut catch_up = CatchUp::new(applied, target);
     if catch_up.done {
+        status
+            .caught_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         publisher.publish().await;
     }
 
@@ -191,6 +266,7 @@ pub async fn serve(
             Ok(()) = applied_rx.changed() => {
                 let applied = *applied_rx.borrow_and_update();
                 if catch_up.progress(applied) {
+                    status.caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
                     publisher.publish().await;
                 }
             }
@@ -209,11 +285,21 @@ pub async fn serve(
             receiving.abort();
             responder.abort();
             dead_letters.abort();
+            watching.abort();
+            following.abort();
+            if let Some(h) = &serving_http {
+                h.abort();
+            }
             result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         }
     };
     let _ = responder.await;
     let _ = dead_letters.await;
+    let _ = watching.await;
+    let _ = following.await;
+    if let Some(h) = serving_http {
+        let _ = h.await;
+    }
     if let Some(running) = checkpointing {
         let _ = running.await;
     }
