@@ -390,17 +390,18 @@ async fn stats_is_a_nats_micro_service() {
     assert_eq!(ping["name"], "truebit-stats");
     let info: Value =
         serde_json::from_slice(&ask("$SRV.INFO.truebit-stats", "").await.payload).unwrap();
-    let endpoints: Vec<(&str, &str)> = info["endpoints"]
+    let mut endpoints: Vec<(&str, &str)> = info["endpoints"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| (e["name"].as_str().unwrap(), e["subject"].as_str().unwrap()))
         .collect();
+    endpoints.sort();
     assert_eq!(
         endpoints,
         [
-            ("stats", "truebit.stats.query"),
-            ("keys", "truebit.keys.query")
+            ("keys", "truebit.keys.query"),
+            ("stats", "truebit.stats.query")
         ]
     );
 
