@@ -297,8 +297,14 @@ pub async fn serve(
     let _ = dead_letters.await;
     let _ = watching.await;
     let _ = following.await;
-    if let Some(h) = serving_http {
-        let _ = h.await;
+    if let Some(mut h) = serving_http {
+        // A client that holds a request open does not hold the stop up for long.
+        if tokio::time::timeout(Duration::from_secs(5), &mut h)
+            .await
+            .is_err()
+        {
+            h.abort();
+        }
     }
     if let Some(running) = checkpointing {
         let _ = running.await;
