@@ -115,3 +115,27 @@ pub async fn readyz(State(state): State<super::AppState>) -> (StatusCode, String
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_connected_caught_up_and_under_one_batch_behind() {
+        let s = Status::new(2000);
+        assert!(s.not_ready().unwrap().contains("not connected"));
+        s.connected.store(true, Ordering::Relaxed);
+        assert!(s.not_ready().unwrap().contains("catching up"));
+        s.caught_up.store(true, Ordering::Relaxed);
+        assert!(s.not_ready().unwrap().contains("not been measured"));
+        s.set_pending(2000);
+        assert!(s.not_ready().unwrap().contains("2000 messages wait"));
+        s.set_pending(1999);
+        assert_eq!(s.not_ready(), None);
+        s.connected.store(false, Ordering::Relaxed);
+        assert!(s.not_ready().unwrap().contains("not connected"));
+        s.connected.store(true, Ordering::Relaxed);
+        s.fail("the stats service stopped");
+        assert_eq!(s.not_ready().as_deref(), Some("the stats service stopped"));
+    }
+}

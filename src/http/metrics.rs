@@ -253,6 +253,31 @@ mod tests {
             !text.contains("# EOF") && !text.contains("# UNIT"),
             "{text}"
         );
+        m.committed(
+            &truebit_projections::Applied {
+                folded: 7,
+                skipped: 0,
+                last_seq: 42,
+                admission: [4, 2, 1],
+            },
+            0.003,
+        );
+        let text = m.encode(false);
+        for line in [
+            "truebit_events_folded_total 7",
+            "truebit_last_applied_sequence 42",
+            "truebit_admission_total{outcome=\"admitted\"} 4",
+            "truebit_admission_total{outcome=\"unauthorized\"} 2",
+            "truebit_admission_total{outcome=\"rate_limited\"} 1",
+            "truebit_commit_events_sum 7.0",
+            "truebit_commit_duration_seconds_bucket{le=\"0.004\"} 1",
+            "truebit_commit_duration_seconds_bucket{le=\"0.002\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
         let open = m.encode(true);
         assert!(open.ends_with("# EOF\n"), "{open}");
         assert!(
