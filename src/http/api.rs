@@ -200,6 +200,16 @@ pub async fn history(
     let db = state.db.clone();
     let from = range.minutes().map(|r| step.floor(at) - r);
     match blocking(move || db.history(from, at, step)).await {
+        // `all` is as long as the network is old: checked once its start is known.
+        Ok(points) if points.len() as i64 > MAX_POINTS => bad(
+            format!(
+                "range {} at step {} is {} points, more than {MAX_POINTS}; use a longer step",
+                range.as_str(),
+                step.as_str(),
+                points.len()
+            ),
+            allowed,
+        ),
         Ok(points) => {
             let body = render_history(range, step, at, &points, &state.nodes);
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
