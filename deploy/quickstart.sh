@@ -18,6 +18,7 @@ port="${QUICKSTART_PORT:-4222}"
 export NATS_URL="nats://127.0.0.1:${port}"
 export DB_PATH="${DB_PATH:-./data/aggregator.redb}"
 export PUBLISH_INTERVAL="${PUBLISH_INTERVAL:-5000}"
+export HTTP_ADDR="${HTTP_ADDR:-127.0.0.1:8480}"
 mkdir -p data
 bin="${CARGO_TARGET_DIR:-target}/release"
 
@@ -51,5 +52,7 @@ sleep 8
 echo
 echo "quickstart: what a node reads (truebit-federation stats):"
 "$bin"/truebit-federation stats || true
+echo
+echo "quickstart: the dashboard:  http://${HTTP_ADDR}/   (metrics: http://${HTTP_ADDR}/metrics)"
 echo "quickstart: serving; snapshots are logged every $((PUBLISH_INTERVAL / 1000)) s. Ctrl-C to stop."
 wait "${pids[-1]}"

@@ -204,8 +204,24 @@ pub struct ServeArgs {
     /// aggregator-NAME, and it needs a database of its own.
     #[arg(long, env = "INSTANCE", value_parser = parse_instance)]
     pub instance: Option<String>,
+    /// Where to serve HTTP (dashboard, /metrics, /healthz, /readyz, /api/…): host:port, or `off`.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8480", value_parser = parse_http_addr)]
+    pub http_addr: HttpAddr,
     #[command(flatten)]
     pub topology: TopologyArgs,
+}
+
+/// `HTTP_ADDR`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(HttpAddr(None));
+    }
+    s.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
+        format!("{s:?} is not an address to listen on; write host:port with a numeric host, e.g. 127.0.0.1:8480 or 0.0.0.0:8480, or off")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -259,19 +275,6 @@ pub struct NodeArgs {
     pub show_id: bool,
 }
 
-/// An HTTP listen address, or none.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpAddr(pub Option<std::net::SocketAddr>);
-
-fn parse_http_addr(s: &str) -> Result<HttpAddr, String> {
-    if s == "off" {
-        return Ok(HttpAddr(None));
-    }
-    s.parse().map(|a| HttpAddr(Some(a))).map_err(|_| {
-        format!("{s:?} is not an address; write HOST:PORT such as 127.0.0.1:8481, or off")
-    })
-}
-
 fn parse_node_id(s: &str) -> Result<String, String> {
     let ok = (1..=128).contains(&s.len())
         && s.bytes()
@@ -291,6 +294,9 @@ pub struct TopologyArgs {
     /// How long TRUEBIT_DLQ keeps dead letters.
     #[arg(long, env = "DLQ_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub dlq_max_age: Duration,
+    /// How long TRUEBIT_STATS keeps the published history (e.g. 400d); 0 keeps it forever.
+    #[arg(long, env = "STATS_MAX_AGE", default_value = "400d", value_parser = parse_duration)]
+    pub stats_max_age: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +341,7 @@ impl TopologyArgs {
             replicas: self.replicas as usize,
             events_max_age: self.events_max_age,
             dlq_max_age: self.dlq_max_age,
+            stats_max_age: self.stats_max_age,
         }
     }
 }
@@ -370,6 +377,8 @@ pub async fn run(
                 ack_mode: args.ack_policy,
                 admin_key: cli.global.admin_key,
                 instance: args.instance,
+                http_addr: args.http_addr.0,
+                http_bound: Default::default(),
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())

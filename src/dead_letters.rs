@@ -9,6 +9,8 @@
 //! across any number of failovers, also past the duplicate window.
 
 use crate::backoff::Backoff;
+use crate::http::metrics::ReasonLabel;
+use crate::http::Metrics;
 use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream;
@@ -35,12 +37,13 @@ pub(crate) async fn publish(
     mut applied: watch::Receiver<u64>,
     leader: Leader,
     followed: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::new();
     // A new leader sends what its outbox holds at once, not at the next commit.
     let mut became = leader.subscribe();
     loop {
-        match drain(&js, &db, &leader, &followed).await {
+        match drain(&js, &db, &leader, &followed, &metrics).await {
             Ok(()) => {
                 backoff.reset();
                 tokio::select! {
@@ -58,7 +61,7 @@ pub(crate) async fn publish(
         }
     }
     // Bounded, so that a stop while NATS is away does not hang: what is left waits on disk.
-    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader, &followed)).await {
+    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader, &followed, &metrics)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "stopping with dead letters in the outbox; the next start sends them")
@@ -76,6 +79,7 @@ async fn drain(
     db: &Arc<Projections>,
     leader: &Leader,
     followed: &watch::Receiver<u64>,
+    metrics: &Metrics,
 ) -> Result<(), Error> {
     if !leader.leading() {
         return Ok(());
@@ -96,9 +100,23 @@ async fn drain(
         for (_, dead) in &pending {
             acks.push(send(js, dead).await?);
         }
-        for ack in acks {
-            ack.await
+        for (ack, (_, dead)) in acks.into_iter().zip(&pending) {
+            let stored = ack
+                .await
                 .map_err(|e| Error::nats("storing a dead letter", e))?;
+            // A copy JetStream already held (sent before a crash) is not stored again.
+            let reason = dead
+                .subject
+                .strip_prefix(truebit_streams::subjects::DLQ_PREFIX)
+                .and_then(truebit_streams::Reason::parse);
+            if let (false, Some(reason)) = (stored.duplicate, reason) {
+                metrics
+                    .dead_letters
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+            }
         }
         let seqs: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
         tracing::debug!(count = seqs.len(), "dead letters stored");

@@ -37,6 +37,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen for HTTP on {addr}: {source}; another process may hold that address: choose another with --http-addr / HTTP_ADDR, or `off` to serve no HTTP")]
+    HttpBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the running serve could not answer: {0}")]
     Remote(String),
     #[error("{0}")]
@@ -52,6 +58,8 @@ impl Error {
             Error::Topology(_) => 2,
             // A local file that cannot be read or written: a path or a permission to fix.
             Error::Credentials { .. } | Error::Usage(_) | Error::Io { .. } => 2,
+            // A setting to change: the address is taken or not this host's.
+            Error::HttpBind { .. } => 2,
             Error::Remote(_) => 3,
             Error::Replay(truebit_replay::Error::Nats { .. }) => 3,
             Error::Replay(truebit_replay::Error::OutputExists { .. }) => 2,

@@ -15,7 +15,7 @@ pub async fn init(
     let js = jetstream::new(client);
     let mut t = topology::ensure(&js, config).await?;
     let mut out = String::new();
-    for stream in [&mut t.events, &mut t.dlq] {
+    for stream in [&mut t.events, &mut t.dlq, &mut t.history] {
         let info = stream
             .info()
             .await

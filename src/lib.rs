@@ -25,6 +25,8 @@ pub mod cli;
 mod dead_letters;
 mod error;
 mod files;
+pub mod history;
+pub mod http;
 mod init;
 pub mod keys;
 mod leader;
@@ -38,6 +40,7 @@ mod stats;
 pub mod topology;
 
 pub use error::Error;
+pub use history::{NodeCounts, NodeHistory};
 pub use init::init;
 pub use nats::NatsConfig;
 pub use node::{node, NodeConfig};

@@ -1,5 +1,7 @@
-//! Snapshots out: `truebit.stats.aggregated` and the `truebit-stats` KV bucket.
+//! Snapshots out: `truebit.stats.aggregated`, the `truebit-stats` KV bucket, and a history
+//! record in `TRUEBIT_STATS` (contract §8) for each publish.
 
+use crate::http::{Metrics, Published, Status};
 use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream::kv;
@@ -7,40 +9,43 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
 use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ};
-use truebit_streams::{subjects, Minute, Snapshot};
+use truebit_streams::{subjects, HistoryRecord, Minute, Snapshot};
 
 #[derive(Clone)]
 pub(crate) struct Publisher {
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     kv: kv::Store,
     db: Arc<Projections>,
     leader: Leader,
     /// Named on every snapshot, so that an operator sees which instance published it.
     instance: String,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
 }
 
 /// The highest `Truebit-Last-Seq` seen on `truebit.stats.aggregated`, whoever published it: how
 /// far an instance must have folded before it may take the lease (contract §9).
 #[derive(Clone, Default)]
-pub(crate) struct Published(Arc<AtomicU64>);
+pub(crate) struct LastPublished(Arc<AtomicU64>);
 
-impl Published {
+impl LastPublished {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// Follows `truebit.stats.aggregated` for as long as the client lives.
-pub(crate) async fn last_published(client: &async_nats::Client) -> Result<Published, Error> {
+pub(crate) async fn last_published(client: &async_nats::Client) -> Result<LastPublished, Error> {
     let mut snapshots = client
         .subscribe(subjects::STATS_AGGREGATED)
         .await
         .map_err(|e| Error::nats("following the published snapshots", e))?;
-    let published = Published::default();
+    let published = LastPublished::default();
     let seen = published.clone();
     tokio::spawn(async move {
         while let Some(m) = snapshots.next().await {
@@ -69,13 +74,18 @@ impl Publisher {
         db: Arc<Projections>,
         leader: Leader,
         instance: String,
+        metrics: Arc<Metrics>,
+        status: Arc<Status>,
     ) -> Self {
         Publisher {
+            js: async_nats::jetstream::new(client.clone()),
             client,
             kv,
             db,
             leader,
             instance,
+            metrics,
+            status,
         }
     }
 
@@ -129,15 +139,26 @@ impl Publisher {
                 if let Err(e) = self.kv.put(latest, body.clone().into()).await {
                     tracing::warn!(error = %e, "cannot store the snapshot under latest");
                 }
-                if let Err(e) = self
+                match self
                     .client
                     .publish_with_headers(subjects::STATS_AGGREGATED, headers.clone(), body.into())
                     .await
                 {
-                    tracing::warn!(error = %e, "cannot publish the snapshot");
+                    Ok(()) => {
+                        self.metrics.snapshots_published.inc();
+                        self.status.set_published(Published {
+                            when: SystemTime::now(),
+                            seq: applied,
+                            message: snapshot.to_message(),
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot publish the snapshot"),
                 }
+                self.store_history(&HistoryRecord::of(snapshot, applied))
+                    .await;
             }
         }
+        self.metrics.snapshot_age.set(0.0);
         if let Some(all) = snapshots.iter().find(|s| s.period.latest_key().is_some()) {
             tracing::info!(
                 applied,
@@ -147,6 +168,27 @@ impl Publisher {
                 total_ms = started.elapsed().as_secs_f64() * 1e3,
                 "published snapshot"
             );
+        }
+    }
+
+    /// Appends the record of a publish to `TRUEBIT_STATS`; a failure is logged, and the history
+    /// has a gap there (the next publish stores the next record).
+    async fn store_history(&self, record: &HistoryRecord) {
+        let stored = match self
+            .js
+            .publish(subjects::STATS_HISTORY, record.to_json().into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                self.metrics.history_records.inc();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store the history record in TRUEBIT_STATS")
+            }
         }
     }
 }

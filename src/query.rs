@@ -1,15 +1,18 @@
 //! `stats` over NATS: a running `serve` holds the database, so it answers snapshot requests on
-//! `truebit.stats.query`.
+//! `truebit.stats.query` (and `keys list` on `truebit.keys.query`), as the NATS micro service
+//! `truebit-stats` (contract §8).
 //!
 //! Request: `{"period": "all", "at": "<RFC 3339>"}`, both optional. Reply: the object stored under
-//! `period.<P>`, or `{"error": "..."}`.
+//! `period.<P>`, or the micro protocol's error headers.
 
 use crate::publish::Publisher;
 use crate::Error;
+use async_nats::service::ServiceExt;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::watch;
+use truebit_streams::names::STATS_SERVICE;
 use truebit_streams::{subjects, Minute, Period, StatsQuery};
 
 /// Parses `--at`: RFC 3339, floored to the minute.
@@ -25,45 +28,92 @@ pub(crate) fn parse_period(p: &str) -> Result<Period, String> {
     Period::parse(p).ok_or_else(|| format!("period {p:?} is not one of 1h, 24h, 7d, all"))
 }
 
-/// Answers queries until `stop` turns true.
+/// Answers queries as the NATS micro service `truebit-stats` until `stop` turns true: endpoint
+/// `stats` on `truebit.stats.query` and `keys` on `truebit.keys.query`, so that `$SRV.PING`,
+/// `$SRV.INFO` and `$SRV.STATS` find it (and count its requests and errors). A failed query is
+/// answered with the service error headers (`Nats-Service-Error`, code 400 for a bad query, 500
+/// otherwise) and, for older clients, `{"error": ...}` as the body.
 pub(crate) async fn answer(
     client: async_nats::Client,
     publisher: Publisher,
     mut stop: watch::Receiver<bool>,
-) {
-    let (stats, keys) = match tokio::try_join!(
-        client.subscribe(subjects::STATS_QUERY),
-        client.subscribe(subjects::KEYS_QUERY)
-    ) {
-        Ok(both) => both,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot answer stats and keys queries");
-            return;
+) -> Result<(), String> {
+    let service = client
+        .service_builder()
+        .description(
+            "TrueBit federation statistics: snapshots and the key registry of a running serve",
+        )
+        .start(STATS_SERVICE, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| format!("cannot start the NATS micro service {STATS_SERVICE}: {e}"))?;
+    let endpoint = |name: &'static str, subject: &'static str| {
+        let service = &service;
+        async move {
+            service
+                .endpoint_builder()
+                .name(name)
+                .add(subject)
+                .await
+                .map_err(|e| format!("cannot add endpoint {name} on {subject}: {e}"))
         }
     };
+    let stats = endpoint("stats", subjects::STATS_QUERY).await?;
+    let keys = endpoint("keys", subjects::KEYS_QUERY).await?;
     let mut requests = futures::stream::select(stats, keys);
     loop {
         let request = tokio::select! {
             _ = stop.changed() => break,
-            r = requests.next() => match r { Some(r) => r, None => break },
+            r = requests.next() => match r {
+                Some(r) => r,
+                None => return Err(format!("the {STATS_SERVICE} service stopped receiving requests")),
+            },
         };
-        let Some(reply) = request.reply.clone() else {
-            continue;
-        };
-        let answered = if request.subject.as_str() == subjects::KEYS_QUERY {
-            registry(&publisher).await
+        let answered = if request.message.subject.as_str() == subjects::KEYS_QUERY {
+            registry(&publisher).await.map_err(|e| (500, e))
         } else {
-            respond(&publisher, &request.payload).await
+            respond(&publisher, &request.message.payload).await
         };
-        let answer = answered.unwrap_or_else(|e| json!({ "error": e }));
-        let body = serde_json::to_vec(&answer).expect("JSON values serialize");
-        if let Err(e) = client.publish(reply, body.into()).await {
-            tracing::warn!(error = %e, "cannot answer a stats query");
+        let sent = match answered {
+            Ok(answer) => {
+                let body = serde_json::to_vec(&answer).expect("JSON values serialize");
+                request.respond(Ok(body.into())).await
+            }
+            // The micro protocol's error: headers, an empty body, and counted in `$SRV.STATS`.
+            Err((code, e)) => {
+                request
+                    .respond(Err(async_nats::service::error::Error { status: e, code }))
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot answer a query");
         }
     }
+    if let Err(e) = service.stop().await {
+        tracing::debug!(error = %e, "stopping the micro service");
+    }
+    Ok(())
 }
 
-async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, String> {
+async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, (usize, String)> {
+    let query = parse_query(payload).map_err(|e| (400, e))?;
+    let period = parse_period(query.period.as_deref().unwrap_or("all")).map_err(|e| (400, e))?;
+    let at = match &query.at {
+        Some(at) => parse_at(at).map_err(|e| (400, e))?,
+        None => crate::publish::now_minute(),
+    };
+    let snapshots = publisher
+        .snapshots(at)
+        .await
+        .map_err(|e| (500, e.to_string()))?;
+    let snapshot = snapshots
+        .into_iter()
+        .find(|s| s.period == period)
+        .expect("every period is computed");
+    Ok(snapshot.to_period_message())
+}
+
+fn parse_query(payload: &[u8]) -> Result<StatsQuery, String> {
     let query: StatsQuery = if payload.is_empty() {
         StatsQuery::default()
     } else {
@@ -71,17 +121,7 @@ async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, String>
             format!("the query is not JSON of the form {{\"period\":..,\"at\":..}}: {e}")
         })?
     };
-    let period = parse_period(query.period.as_deref().unwrap_or("all"))?;
-    let at = match &query.at {
-        Some(at) => parse_at(at)?,
-        None => crate::publish::now_minute(),
-    };
-    let snapshots = publisher.snapshots(at).await.map_err(|e| e.to_string())?;
-    let snapshot = snapshots
-        .into_iter()
-        .find(|s| s.period == period)
-        .expect("every period is computed");
-    Ok(snapshot.to_period_message())
+    Ok(query)
 }
 
 async fn registry(publisher: &Publisher) -> Result<Value, String> {
@@ -120,6 +160,21 @@ async fn ask_on(
             "{e}; the database is held by another process, but no serve answers on {subject}"
         ))
     })?;
+    if let Some(e) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
+    {
+        let code = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR_CODE))
+            .map(|c| c.as_str().to_string());
+        return Err(match code.as_deref() {
+            Some("400") => Error::Usage(e.as_str().to_string()),
+            _ => Error::Remote(e.as_str().to_string()),
+        });
+    }
     let value: Value = serde_json::from_slice(&reply.payload)
         .map_err(|e| Error::Remote(format!("an answer that is not JSON: {e}")))?;
     match value.get("error").and_then(Value::as_str) {

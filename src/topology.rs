@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
 pub use truebit_streams::names::{
-    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, LEADER_BUCKET, SALT_KEY,
-    STATS_BUCKET,
+    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, HISTORY_STREAM,
+    LEADER_BUCKET, SALT_KEY, STATS_BUCKET,
 };
 use truebit_streams::subjects;
 
@@ -35,6 +35,8 @@ pub struct TopologyConfig {
     pub events_max_age: Duration,
     /// How long dead letters are kept.
     pub dlq_max_age: Duration,
+    /// How long the published history (`TRUEBIT_STATS`) is kept; zero keeps it forever.
+    pub stats_max_age: Duration,
 }
 
 impl Default for TopologyConfig {
@@ -43,6 +45,7 @@ impl Default for TopologyConfig {
             replicas: 1,
             events_max_age: Duration::ZERO,
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+            stats_max_age: Duration::from_secs(400 * 24 * 3600),
         }
     }
 }
@@ -52,6 +55,7 @@ impl Default for TopologyConfig {
 pub struct Topology {
     pub events: Stream,
     pub dlq: Stream,
+    pub history: Stream,
     pub stats: kv::Store,
     pub leader: kv::Store,
     pub checkpoints: jetstream::object_store::ObjectStore,
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Topology {
         f.debug_struct("Topology")
             .field("events", &EVENTS_STREAM)
             .field("dlq", &DLQ_STREAM)
+            .field("history", &HISTORY_STREAM)
             .field("stats", &STATS_BUCKET)
             .field("leader", &LEADER_BUCKET)
             .field("checkpoints", &CHECKPOINT_BUCKET)
@@ -150,6 +155,23 @@ pub fn dlq_stream_config(cfg: &TopologyConfig) -> Config {
     }
 }
 
+/// `TRUEBIT_STATS`: one compact record per published snapshot (contract §8), the network's
+/// history for the dashboard and any NATS client.
+pub fn history_stream_config(cfg: &TopologyConfig) -> Config {
+    Config {
+        name: HISTORY_STREAM.to_string(),
+        description: Some("TrueBit network history: a record per published snapshot".into()),
+        subjects: vec![subjects::STATS_HISTORY.to_string()],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_age: cfg.stats_max_age,
+        duplicate_window: duplicate_window(cfg.stats_max_age),
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
 /// The stream behind the `truebit-stats` KV bucket, as `nats kv add` would make it.
 pub fn stats_bucket_stream_config(cfg: &TopologyConfig) -> Config {
     Config {
@@ -217,6 +239,7 @@ pub async fn put_salt_if_absent(js: &Context, salt: &str) -> Result<bool, Topolo
 pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, TopologyError> {
     let events = ensure_stream(js, events_stream_config(cfg)).await?;
     let dlq = ensure_stream(js, dlq_stream_config(cfg)).await?;
+    let history = ensure_stream(js, history_stream_config(cfg)).await?;
     ensure_stream(js, stats_bucket_stream_config(cfg)).await?;
     ensure_stream(js, config_bucket_stream_config(cfg)).await?;
     let stats = js
@@ -246,6 +269,7 @@ pub async fn ensure(js: &Context, cfg: &TopologyConfig) -> Result<Topology, Topo
     Ok(Topology {
         events,
         dlq,
+        history,
         stats,
         leader,
         checkpoints,
@@ -501,6 +525,7 @@ mod tests {
         for want in [
             events_stream_config(&cfg),
             dlq_stream_config(&cfg),
+            history_stream_config(&cfg),
             stats_bucket_stream_config(&cfg),
             leader_bucket_stream_config(&cfg),
         ] {

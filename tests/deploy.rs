@@ -160,6 +160,22 @@ async fn nodes_publish_events_and_read_stats_and_nothing_more() {
 
     // Only the operator's user may: JetStream stores (and the fold will judge) what it sends.
     let operator = connect(&server, "operator", "operator-secret").await;
+    // The operator finds the aggregator's micro service and asks it for a snapshot.
+    let ping = tokio::time::timeout(
+        common::PATIENCE,
+        operator.request("$SRV.PING.truebit-stats", "".into()),
+    )
+    .await
+    .unwrap()
+    .expect("the micro service answers discovery");
+    let ping: serde_json::Value = serde_json::from_slice(&ping.payload).unwrap();
+    assert_eq!(ping["name"], "truebit-stats");
+    let snapshot = operator
+        .request("truebit.stats.query", r#"{"period":"1h"}"#.into())
+        .await
+        .expect("the operator may query stats");
+    let snapshot: serde_json::Value = serde_json::from_slice(&snapshot.payload).unwrap();
+    assert_eq!(snapshot["period"], "1h");
     let stored = jetstream::new(operator)
         .publish("truebit.admin.keys", "{}".into())
         .await
@@ -175,6 +191,24 @@ async fn nodes_publish_events_and_read_stats_and_nothing_more() {
         .unwrap()
         .await;
     assert!(refused.is_err(), "not even the aggregator's user");
+    // Its history records are stored: the user may write TRUEBIT_STATS.
+    let history = jetstream::new(connect(&server, "aggregator", "agg-secret").await)
+        .get_stream("TRUEBIT_STATS")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let last = history
+            .get_last_raw_message_by_subject("truebit.stats.history")
+            .await
+            .expect("a history record");
+        let record: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+        if record["totalNodes"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let _ = stop.send(());
     aggregator.await.unwrap().unwrap();

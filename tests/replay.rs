@@ -17,6 +17,7 @@ fn run(url: &str, db: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
         .env("NATS_URL", url)
         .env("DB_PATH", db)
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .args(args)
         .stdin(Stdio::null())
         .output()

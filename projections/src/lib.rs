@@ -49,6 +49,7 @@ mod compare;
 mod counters;
 mod error;
 mod fold;
+mod history;
 mod outbox;
 mod reader;
 mod records;
@@ -60,6 +61,7 @@ mod views;
 mod writer;
 
 pub use error::Error;
+pub use history::{Point, Step};
 pub use runs::DEFAULT_RUN_LEN;
 pub use store::{Options, Projections, CACHE_BYTES};
 pub use tables::SCHEMA_VERSION;
@@ -145,4 +147,10 @@ pub struct Applied {
     pub skipped: u64,
     /// The last folded sequence after this batch.
     pub last_seq: u64,
+    /// Node messages checked in `audit` or `enforce` mode (contract §7), by outcome:
+    /// [`ADMISSION_OUTCOMES`] in that order.
+    pub admission: [u64; 3],
 }
+
+/// The outcomes of an admission check, in the order of [`Applied::admission`].
+pub const ADMISSION_OUTCOMES: [&str; 3] = ["admitted", "unauthorized", "rate_limited"];

@@ -36,17 +36,17 @@ impl Projections {
 }
 
 /// A consistent read view for snapshots.
-struct Reader {
-    counters: redb::ReadOnlyTable<(u8, i64), &'static [u8]>,
+pub(crate) struct Reader {
+    pub(crate) counters: redb::ReadOnlyTable<(u8, i64), &'static [u8]>,
     total_nodes: u64,
-    last_seq: u64,
+    pub(crate) last_seq: u64,
 }
 
 /// Active nodes are those heartbeating within this many minutes of `T`.
 const ACTIVE_MINUTES: i64 = 5;
 
 impl Reader {
-    fn open(db: &Database) -> Result<Self, Error> {
+    pub(crate) fn open(db: &Database) -> Result<Self, Error> {
         let txn = db.begin_read()?;
         let meta_table = txn.open_table(tables::META)?;
         Ok(Reader {
@@ -96,7 +96,7 @@ impl Reader {
         Ok(total)
     }
 
-    fn sum(&self, lo: Minute, hi: Minute) -> Result<Counters, Error> {
+    pub(crate) fn sum(&self, lo: Minute, hi: Minute) -> Result<Counters, Error> {
         let mut acc = Counters::default();
         for run in cover(lo, hi) {
             for row in self

@@ -215,6 +215,9 @@ impl Projections {
                 }
             }
             applied.last_seq = w.last_seq;
+            for (slot, outcome) in applied.admission.iter_mut().zip(crate::ADMISSION_OUTCOMES) {
+                *slot = w.admission_checked(outcome);
+            }
             let (tasks, invoices) = w.flush()?;
             (applied, tasks, invoices)
         };

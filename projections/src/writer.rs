@@ -234,6 +234,11 @@ impl<'t, 'l> Writer<'t, 'l> {
         })
     }
 
+    /// Node messages this batch checked with `outcome` so far.
+    pub(crate) fn admission_checked(&self, outcome: &str) -> u64 {
+        self.admission.get(outcome).copied().unwrap_or(0)
+    }
+
     /// Counts a refused message, and records its dead letter, if it has one, in the outbox.
     pub(crate) fn refuse(&mut self, seq: u64, refusal: &Refusal) -> Result<(), Error> {
         *self.rejections.entry(refusal.reason.as_str()).or_default() += 1;

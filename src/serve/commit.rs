@@ -1,6 +1,7 @@
 //! The second stage of the live fold: fold what the receiver hands over, a commit at a time, and
 //! ack each delivery only after the commit that holds its effect.
 
+use crate::http::Metrics;
 use crate::topology::AckMode;
 use crate::Error;
 use bytes::Bytes;
@@ -29,6 +30,7 @@ pub(crate) async fn commit(
     ack_mode: AckMode,
     mut ready: mpsc::Receiver<Ready>,
     applied: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     // One buffer for every commit, handed to the fold and back: a new one of 32,768 inputs per
     // commit lies above the mmap threshold (see main.rs), so each was mapped and faulted in anew.
@@ -49,13 +51,16 @@ pub(crate) async fn commit(
         // (a redelivery the receiver skipped, too) was folded by this commit or an earlier one.
         if !inputs.is_empty() {
             let db = db.clone();
-            let (done, emptied) = blocking(move || {
+            let (done, emptied, took) = blocking(move || {
+                let started = std::time::Instant::now();
                 let done = db.apply(&inputs, Outbox::Record)?;
+                let took = started.elapsed();
                 inputs.clear();
-                Ok((done, inputs))
+                Ok((done, inputs, took))
             })
             .await?;
             inputs = emptied;
+            metrics.committed(&done, took.as_secs_f64());
             applied.send_replace(done.last_seq);
         }
         match ack_mode {

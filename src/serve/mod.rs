@@ -6,9 +6,12 @@
 
 mod catch_up;
 mod commit;
+mod lag;
 mod order;
 mod receive;
 
+use crate::history::NodeHistory;
+use crate::http::{self, AppState, Metrics, Status};
 use crate::leader::Leader;
 use crate::publish::Publisher;
 use crate::topology::{self, AckMode, TopologyConfig};
@@ -18,8 +21,9 @@ use catch_up::CatchUp;
 use order::Order;
 use receive::Receiver;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use truebit_projections::Projections;
@@ -47,6 +51,11 @@ pub struct ServeConfig {
     /// This instance's name (contract §9): its consumer is `aggregator-<name>`, and the lease
     /// names it; `None` is the single instance of §2 (`aggregator`, lease value `default`).
     pub instance: Option<String>,
+    /// Where HTTP is served (contract §8); `None` serves none. [`ServeConfig::new`] leaves it
+    /// `None`; the command line's default is `127.0.0.1:8480`.
+    pub http_addr: Option<SocketAddr>,
+    /// Set to the address HTTP listens on once it does (port 0 picks a free one).
+    pub http_bound: Arc<OnceLock<SocketAddr>>,
 }
 
 impl ServeConfig {
@@ -62,6 +71,9 @@ impl ServeConfig {
             ack_mode: AckMode::default(),
             admin_key: None,
             instance: None,
+            // Embedded, HTTP is opt-in; the command line's default is 127.0.0.1:8480.
+            http_addr: None,
+            http_bound: Arc::default(),
         }
     }
 }
@@ -80,6 +92,19 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // Bound first, so that a taken address fails the start at once, before anything is touched.
+    let listener = match config.http_addr {
+        Some(addr) => {
+            let listener = http::bind(addr).await?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let _ = config.http_bound.set(bound);
+            tracing::info!(%bound, "HTTP: dashboard at http://{bound}/, metrics at /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(Status::new(config.batch_size as u64));
 
     let client = config.nats.connect("truebit-federation serve").await?;
     let js = jetstream::new(client.clone());
@@ -135,18 +160,48 @@ pub async fn serve(
     let published = crate::publish::last_published(&client).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 
+    metrics.last_applied.set(applied as i64);
+    metrics.stream_last.set(target as i64);
     let publisher = Publisher::new(
         client.clone(),
         topology.stats.clone(),
         db.clone(),
         leader.clone(),
         me,
+        metrics.clone(),
+        status.clone(),
     );
-    let responder = tokio::spawn(query::answer(
-        client.clone(),
-        publisher.clone(),
+    let responder = {
+        let (client, publisher, stop, status) = (
+            client.clone(),
+            publisher.clone(),
+            stop.clone(),
+            status.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = query::answer(client, publisher, stop).await {
+                tracing::error!(error = %e, "stats queries go unanswered");
+                status.fail(e);
+            }
+        })
+    };
+    let nodes = Arc::new(NodeHistory::default());
+    let following = tokio::spawn(crate::history::follow(
+        topology.history.clone(),
+        nodes.clone(),
         stop.clone(),
     ));
+    let serving_http = listener.map(|listener| {
+        let state = AppState {
+            metrics: metrics.clone(),
+            status: status.clone(),
+            db: db.clone(),
+            nodes: nodes.clone(),
+            publish_interval: config.publish_interval,
+            db_path: config.db_path.clone(),
+        };
+        tokio::spawn(http::run(listener, state, stop.clone()))
+    });
 
     // The fold is a two-stage pipeline: the receiver pulls, validates and dead-letters the next
     // batches while the committer folds and commits the previous ones. Batches that queue up
@@ -160,6 +215,15 @@ pub async fn serve(
         verifier: Verifier::new(),
         stop: stop.clone(),
     };
+    let watching = tokio::spawn(lag::watch(
+        client.clone(),
+        consumer.clone(),
+        topology.events.clone(),
+        applied_rx.clone(),
+        metrics.clone(),
+        status.clone(),
+        stop.clone(),
+    ));
     let receiving = tokio::spawn(receiver.run(consumer, config.batch_size, ready_tx));
     let mut committing = tokio::spawn(commit::commit(
         client.clone(),
@@ -167,11 +231,12 @@ pub async fn serve(
         config.ack_mode,
         ready_rx,
         applied_tx,
+        metrics.clone(),
     ));
     let (dlq_read_tx, dlq_read) = watch::channel(0);
     // Stopped only after the last dead letters went out: a leader reads its own before it ends.
     let (follow_stop_tx, follow_stop) = watch::channel(false);
-    let following = tokio::spawn(crate::dead_letters::follow(
+    let following_dlq = tokio::spawn(crate::dead_letters::follow(
         js.clone(),
         db.clone(),
         dlq_read_tx,
@@ -183,6 +248,7 @@ pub async fn serve(
         applied_rx.clone(),
         leader.clone(),
         dlq_read,
+        metrics.clone(),
     ));
 
     let mut ticker = tokio::time::interval_at(
@@ -194,6 +260,11 @@ pub async fn serve(
     // The lease may be taken once caught up as far as the last snapshot anyone published.
     let eligible = |catch_up: &CatchUp, applied: u64| catch_up.done && applied >= published.get();
     leader.set_eligible(eligible(&catch_up, applied));
+    if catch_up.done {
+        status
+            .caught_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
     // A checkpoint runs beside the fold (a read transaction does not block writes); one at a time.
     let checkpoint_every = if config.checkpoint_interval.is_zero() {
@@ -221,7 +292,9 @@ pub async fn serve(
             }
             // Taking the lease publishes at once: a takeover need not wait for the interval.
             Ok(()) = became_leader.changed() => {
-                if *became_leader.borrow_and_update() {
+                let leading = *became_leader.borrow_and_update();
+                metrics.leader.set(leading as i64);
+                if leading {
                     publisher.publish().await;
                 }
             }
@@ -239,6 +312,7 @@ pub async fn serve(
             Ok(()) = applied_rx.changed() => {
                 let applied = *applied_rx.borrow_and_update();
                 if catch_up.progress(applied) {
+                    status.caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
                     publisher.publish().await;
                 }
                 leader.set_eligible(eligible(&catch_up, applied));
@@ -258,14 +332,31 @@ pub async fn serve(
             receiving.abort();
             responder.abort();
             dead_letters.abort();
+            watching.abort();
+            following.abort();
+            if let Some(h) = &serving_http {
+                h.abort();
+            }
+            following_dlq.abort();
             let _ = lease_stop_tx.send(true);
             result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         }
     };
     let _ = responder.await;
     let _ = dead_letters.await;
-    let _ = follow_stop_tx.send(true);
+    let _ = watching.await;
     let _ = following.await;
+    if let Some(mut h) = serving_http {
+        // A client that holds a request open does not hold the stop up for long.
+        if tokio::time::timeout(Duration::from_secs(5), &mut h)
+            .await
+            .is_err()
+        {
+            h.abort();
+        }
+    }
+    let _ = follow_stop_tx.send(true);
+    let _ = following_dlq.await;
     // Handed back only now: the last dead letters went out under it.
     let _ = lease_stop_tx.send(true);
     let _ = leasing.await;

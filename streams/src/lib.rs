@@ -16,6 +16,7 @@
 //!   show, before the registry is asked whether that key may publish.
 //! - [`anonymize`] is the producer side (§10): salted hashes, buckets from raw figures,
 //!   5-minute times and the `Nats-Msg-Id` of an event, as a node agent publishes them.
+//! - [`HistoryRecord`] is what each publish appends to `TRUEBIT_STATS`: the network's history.
 //! - [`subjects`] and [`names`] spell every subject, stream, bucket, key and header.
 //!
 //! ```
@@ -41,6 +42,7 @@ mod dead_letter;
 mod encode;
 mod event;
 mod fast;
+mod history;
 mod json;
 mod labels;
 pub mod names;
@@ -56,6 +58,7 @@ mod validate;
 pub use dead_letter::{msg_id as dead_letter_msg_id, DeadLetter, KEEP_AS_SENT};
 pub use encode::minute_timestamp;
 pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
+pub use history::HistoryRecord;
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 pub use operator::{
     operator_payload, read, KeyGrant, Message, Mode, Operator, OperatorKind, Permissions,

@@ -35,6 +35,13 @@ pub const CONFIG_BUCKET: &str = "truebit-config";
 /// The key of [`CONFIG_BUCKET`] that holds the federation salt.
 pub const SALT_KEY: &str = "salt";
 
+/// The published history (contract §8): one compact record per snapshot published, the plan's
+/// `network_stats` table, readable by any NATS client.
+pub const HISTORY_STREAM: &str = "TRUEBIT_STATS";
+/// The NATS micro service that answers `stats` (and `keys list`) requests: `$SRV.PING`,
+/// `$SRV.INFO` and `$SRV.STATS` find it.
+pub const STATS_SERVICE: &str = "truebit-stats";
+
 /// The KV key that holds the same JSON as the last message on `truebit.stats.aggregated`.
 pub const LATEST_KEY: &str = "latest";
 

@@ -18,6 +18,8 @@ pub const ADMIN_KEYS: &str = "truebit.admin.keys";
 
 /// The network snapshot, published every interval.
 pub const STATS_AGGREGATED: &str = "truebit.stats.aggregated";
+/// Each publish appends a [`crate::HistoryRecord`] here, captured by `TRUEBIT_STATS`.
+pub const STATS_HISTORY: &str = "truebit.stats.history";
 /// Request-reply: `stats` asks a running `serve` for a snapshot here.
 pub const STATS_QUERY: &str = "truebit.stats.query";
 /// Request-reply: `keys list` asks a running `serve` for the key registry here.

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a served aggregator over a real nats-server of the test's own.
 #![allow(dead_code)] // each test binary uses its own part of this
 
+pub mod browser;
 pub mod process;
 
 use async_nats::jetstream;
@@ -26,11 +27,15 @@ pub struct Served {
     task: Option<JoinHandle<Result<(), Error>>>,
     /// Applied to the aggregator's config at every (re)start.
     pub adjust: Box<dyn Fn(&mut ServeConfig) + Send + Sync>,
+    /// The HTTP address of the running aggregator, once it listens.
+    http: std::sync::Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 pub fn config(url: &str, db_path: &std::path::Path) -> ServeConfig {
     let mut c = ServeConfig::new(url, db_path);
     c.publish_interval = Duration::from_millis(200);
+    // HTTP on a free port in every served test, so that it runs beside everything else.
+    c.http_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     c
 }
 
@@ -56,6 +61,7 @@ impl Served {
             stop: None,
             task: None,
             adjust: Box::new(adjust),
+            http: Default::default(),
         };
         s.serve();
         s.wait_for_topology().await;
@@ -67,6 +73,8 @@ impl Served {
         let (tx, rx) = oneshot::channel();
         let mut cfg = config(&self.server.url(), &self.db_path);
         (self.adjust)(&mut cfg);
+        self.http = Default::default();
+        cfg.http_bound = self.http.clone();
         let served = serve(cfg, async move {
             let _ = rx.await;
         });
@@ -84,6 +92,21 @@ impl Served {
     async fn wait_for_topology(&self) {
         // The aggregator creates the topology before its first snapshot.
         self.wait_folded(0).await;
+    }
+
+    /// `http://127.0.0.1:<port>` of the running aggregator's HTTP server.
+    pub async fn http_url(&self) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(addr) = self.http.get() {
+                return format!("http://{addr}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "serve never listened for HTTP"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the aggregator as SIGTERM would, and returns what serve returned.
@@ -201,4 +224,59 @@ pub fn assert_fleet_counts(
         expected.events,
         "every message folded exactly once"
     );
+}
+
+/// An HTTP answer, as [`http_get`] read it.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `GET base + path` with HTTP/1.1 over a plain socket, `Connection: close`: enough for the
+/// aggregator's own answers, which all carry a length.
+pub async fn http_get(base: &str, path: &str, accept: Option<&str>) -> HttpAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(host).await.unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{accept}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(PATIENCE, socket.read_to_end(&mut raw))
+        .await
+        .expect("an HTTP answer in time")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    HttpAnswer {
+        status,
+        content_type,
+        body: body.to_string(),
+    }
 }

@@ -14,6 +14,8 @@ pub fn command(url: &str, db: &Path) -> Command {
     c.env("NATS_URL", url)
         .env("DB_PATH", db)
         .env("PUBLISH_INTERVAL", "200")
+        // Tests run in parallel: each serve takes a free port.
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null());
     c
