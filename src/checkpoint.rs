@@ -3,6 +3,7 @@
 //! counted.
 
 use crate::files::{remove_if_exists, sibling};
+use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream::object_store::ObjectStore;
 use std::sync::Arc;
@@ -20,11 +21,14 @@ pub struct Written {
     pub upload: Duration,
 }
 
-/// Copies the database beside itself, uploads the copy, and keeps the newest `keep` checkpoints.
+/// Copies the database beside itself, uploads the copy, and keeps the newest `keep` checkpoints:
+/// the leader's work (contract §9), asked again before the upload and the pruning, since the
+/// copy takes a while and the lease may run out meanwhile.
 pub(crate) async fn write(
     store: &ObjectStore,
     db: &Arc<Projections>,
     keep: usize,
+    leader: &Leader,
 ) -> Result<Written, Error> {
     let temp = sibling(db.path(), "checkpoint");
     remove_if_exists(&temp)?;
@@ -35,6 +39,13 @@ pub(crate) async fn write(
     };
     let copy = started.elapsed();
     let bytes = std::fs::metadata(&temp).map(|m| m.len()).unwrap_or(0);
+    if !leader.leading() {
+        remove_if_exists(&temp)?;
+        return Err(Error::nats(
+            "storing a checkpoint",
+            "the lease ran out while copying; the leader writes the next one",
+        ));
+    }
     let started = Instant::now();
     let mut file = tokio::fs::File::open(&temp)
         .await
@@ -43,7 +54,9 @@ pub(crate) async fn write(
     remove_if_exists(&temp)?;
     uploaded.map_err(|e| Error::nats("storing a checkpoint", e))?;
     let upload = started.elapsed();
-    prune(store, keep).await?;
+    if leader.leading() {
+        prune(store, keep).await?;
+    }
     Ok(Written {
         seq,
         bytes,

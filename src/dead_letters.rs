@@ -15,7 +15,8 @@ use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use truebit_projections::Projections;
@@ -36,14 +37,14 @@ pub(crate) async fn publish(
     db: Arc<Projections>,
     mut applied: watch::Receiver<u64>,
     leader: Leader,
-    followed: watch::Receiver<u64>,
+    dlq: Followed,
     metrics: Arc<Metrics>,
 ) {
     let mut backoff = Backoff::new();
     // A new leader sends what its outbox holds at once, not at the next commit.
     let mut became = leader.subscribe();
     loop {
-        match drain(&js, &db, &leader, &followed, &metrics).await {
+        match drain(&js, &db, &leader, &dlq, &metrics).await {
             Ok(()) => {
                 backoff.reset();
                 tokio::select! {
@@ -61,7 +62,7 @@ pub(crate) async fn publish(
         }
     }
     // Bounded, so that a stop while NATS is away does not hang: what is left waits on disk.
-    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader, &followed, &metrics)).await {
+    match tokio::time::timeout(LAST_DRAIN, drain(&js, &db, &leader, &dlq, &metrics)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "stopping with dead letters in the outbox; the next start sends them")
@@ -78,13 +79,13 @@ async fn drain(
     js: &jetstream::Context,
     db: &Arc<Projections>,
     leader: &Leader,
-    followed: &watch::Receiver<u64>,
+    dlq: &Followed,
     metrics: &Metrics,
 ) -> Result<(), Error> {
     if !leader.leading() {
         return Ok(());
     }
-    read_to_the_end(js, followed).await?;
+    read_to_the_end(js, &dlq.read).await?;
     loop {
         if !leader.leading() {
             return Ok(());
@@ -95,6 +96,16 @@ async fn drain(
         };
         if pending.is_empty() {
             return Ok(());
+        }
+        // Refusals folded after the reader passed their dead letters (this instance was behind
+        // the one that stored them) are in TRUEBIT_DLQ already: dropped, not sent again.
+        let (stored, pending): (Vec<_>, Vec<_>) =
+            pending.into_iter().partition(|(seq, _)| dlq.holds(*seq));
+        if !stored.is_empty() {
+            let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+            let db = db.clone();
+            blocking(move || db.drop_dead_letters(&seqs)).await?;
+            continue;
         }
         let mut acks = Vec::with_capacity(pending.len());
         for (_, dead) in &pending {
@@ -138,6 +149,25 @@ async fn send(
         .map_err(|e| Error::nats("publishing a dead letter", e))
 }
 
+/// What [`follow`] has read of `TRUEBIT_DLQ`: how far, and the original sequences whose dead
+/// letters it holds. The set is kept because an instance may fold a refusal only after the
+/// reader passed its dead letter (a standby catching up); it holds a number per dead letter in
+/// the stream (30 days of them by default).
+#[derive(Clone)]
+pub(crate) struct Followed {
+    pub read: watch::Receiver<u64>,
+    stored: Arc<Mutex<HashSet<u64>>>,
+}
+
+impl Followed {
+    fn holds(&self, seq: u64) -> bool {
+        self.stored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&seq)
+    }
+}
+
 /// Waits until [`follow`] has read `TRUEBIT_DLQ` as far as it reaches now, so that what another
 /// leader stored is dropped before this one sends anything.
 async fn read_to_the_end(
@@ -176,12 +206,25 @@ async fn read_to_the_end(
 /// How long a new leader waits for the dead letters already stored to be read.
 const READ_TO_END: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Reads `TRUEBIT_DLQ` from its start, for as long as serve runs, dropping from the outbox every
-/// dead letter found there; `read` carries the last stream sequence read.
+/// A reader of `TRUEBIT_DLQ` ([`follow`]) and what it has read ([`Followed`]).
+pub(crate) fn follower() -> (watch::Sender<u64>, Followed) {
+    let (tx, read) = watch::channel(0);
+    (
+        tx,
+        Followed {
+            read,
+            stored: Arc::default(),
+        },
+    )
+}
+
+/// Reads `TRUEBIT_DLQ` from its start, for as long as serve runs, noting every dead letter found
+/// there and dropping it from the outbox; `read` carries the last stream sequence read.
 pub(crate) async fn follow(
     js: jetstream::Context,
     db: Arc<Projections>,
     read: watch::Sender<u64>,
+    followed: Followed,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
@@ -219,6 +262,11 @@ pub(crate) async fn follow(
                     last = Some(info.stream_sequence);
                 }
             }
+            followed
+                .stored
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(seqs.iter().copied());
             let db = db.clone();
             if let Err(e) = blocking(move || db.drop_dead_letters(&seqs)).await {
                 tracing::warn!(error = %e, "cannot drop stored dead letters from the outbox");
@@ -231,7 +279,8 @@ pub(crate) async fn follow(
     }
 }
 
-const FOLLOW_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+/// Dead letters read are dropped from the outbox in one commit per this long at most.
+const FOLLOW_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 type DlqMessages = async_nats::jetstream::consumer::pull::Ordered;
 

@@ -21,11 +21,19 @@ pub(crate) struct Publisher {
     js: async_nats::jetstream::Context,
     kv: kv::Store,
     db: Arc<Projections>,
-    leader: Leader,
-    /// Named on every snapshot, so that an operator sees which instance published it.
-    instance: String,
+    lead: Lead,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+}
+
+/// Who may publish, and under which name (contract §9).
+#[derive(Clone)]
+pub(crate) struct Lead {
+    pub leader: Leader,
+    /// Named on every snapshot, so that an operator sees which instance published it.
+    pub instance: String,
+    /// What anyone published last: a snapshot behind it is not published.
+    pub published: LastPublished,
 }
 
 /// The highest `Truebit-Last-Seq` seen on `truebit.stats.aggregated`, whoever published it: how
@@ -72,18 +80,16 @@ impl Publisher {
         client: async_nats::Client,
         kv: kv::Store,
         db: Arc<Projections>,
-        leader: Leader,
-        instance: String,
+        lead: Lead,
         metrics: Arc<Metrics>,
         status: Arc<Status>,
     ) -> Self {
         Publisher {
+            lead,
             js: async_nats::jetstream::new(client.clone()),
             client,
             kv,
             db,
-            leader,
-            instance,
             metrics,
             status,
         }
@@ -108,7 +114,7 @@ impl Publisher {
     /// a lease that ran out midway stops it). Failures are logged, not fatal: the next interval
     /// publishes again.
     pub async fn publish(&self) {
-        if !self.leader.leading() {
+        if !self.lead.leader.leading() {
             return;
         }
         let started = Instant::now();
@@ -120,11 +126,22 @@ impl Publisher {
             }
         };
         let computed = started.elapsed();
+        // A new leader whose fold stalled behind what the last one published must not make the
+        // numbers go back: it catches up first.
+        let ahead = self.lead.published.get();
+        if applied < ahead {
+            tracing::warn!(
+                applied,
+                published = ahead,
+                "not publishing a snapshot behind the last one published; catching up first"
+            );
+            return;
+        }
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LAST_SEQ, applied.to_string().as_str());
-        headers.insert(HEADER_INSTANCE, self.instance.as_str());
+        headers.insert(HEADER_INSTANCE, self.lead.instance.as_str());
         for snapshot in &snapshots {
-            if !self.leader.leading() {
+            if !self.lead.leader.leading() {
                 tracing::warn!("the lease ran out while publishing; stopped");
                 return;
             }

@@ -94,25 +94,33 @@ impl Projections {
     /// One point per step from the step that holds `from` to the step that holds `at`, both
     /// included; `from` of `None` starts at the step of the first task or invoice (no point at
     /// all when there is none at or before `at`). Points after `at` are never counted.
+    ///
+    /// `Ok(Err(n))` when that would be `n` points, more than `max_points`: decided before
+    /// anything is allocated, since a far `at` over a small step would be millions.
     pub fn history(
         &self,
         from: Option<Minute>,
         at: Minute,
         step: Step,
-    ) -> Result<Vec<Point>, Error> {
+        max_points: u64,
+    ) -> Result<Result<Vec<Point>, u64>, Error> {
         let reader = Reader::open(&self.db)?;
         let from = match from {
             Some(from) => from,
             None => match first_minute(&reader)? {
                 Some(first) if first <= at => first,
-                _ => return Ok(Vec::new()),
+                _ => return Ok(Ok(Vec::new())),
             },
         };
         let (first, last) = (step.floor(from), step.floor(at));
         if first > last {
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
         }
         let size = step.minutes();
+        let count = ((last - first) / size + 1) as u64;
+        if count > max_points {
+            return Ok(Err(count));
+        }
         let mut points: Vec<Point> = (0..=(last - first) / size)
             .map(|i| Point {
                 at: first + i * size,
@@ -135,7 +143,7 @@ impl Projections {
         // The last step, cut at `at`.
         let cut = reader.sum(last, at)?;
         *points.last_mut().expect("at least one point") = Point::of(last, &cut);
-        Ok(points)
+        Ok(Ok(points))
     }
 }
 

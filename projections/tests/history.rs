@@ -133,7 +133,7 @@ proptest! {
             let at = events[index.index(events.len())].minute + offset;
             for step in Step::ALL {
                 let from = at - span;
-                let got = db.history(Some(from), at, step).unwrap();
+                let got = db.history(Some(from), at, step, u64::MAX).unwrap().unwrap();
                 let mut t = step.floor(from);
                 let mut want = Vec::new();
                 while t <= step.floor(at) {
@@ -143,7 +143,7 @@ proptest! {
                 prop_assert_eq!(got, want, "from {} at {} by {:?}", from, at, step);
 
                 // From the first task: the points sum to the snapshot of all at `at`.
-                let all = db.history(None, at, step).unwrap();
+                let all = db.history(None, at, step, u64::MAX).unwrap().unwrap();
                 let starts = model.first().filter(|f| *f <= at).map(|f| step.floor(f));
                 prop_assert_eq!(all.first().map(|p| p.at), starts);
                 let snapshot = db.snapshot(at, Period::All).unwrap();
@@ -155,4 +155,34 @@ proptest! {
             }
         }
     }
+}
+
+/// A series is refused by its length before any point is made: a far `at` over a small step
+/// would otherwise be millions of points in memory for one request.
+#[test]
+fn a_series_longer_than_the_limit_is_refused_with_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Projections::open(dir.path().join("h.redb")).unwrap();
+    let task = Event {
+        node_id: "node-1".into(),
+        minute: T0,
+        kind: EventKind::TaskReceived {
+            task: Digest([1; 32]),
+            chain_id: None,
+            task_type: None,
+        },
+    };
+    db.apply(&[Input::unsigned(1, Ok(task.into()))], Outbox::Skip)
+        .unwrap();
+    let far = T0 + 10 * 365 * 24 * 60;
+    assert_eq!(
+        db.history(None, far, Step::Hour, 50_000).unwrap(),
+        Err(10 * 365 * 24 + 1)
+    );
+    let near = db
+        .history(None, T0 + 120, Step::Hour, 50_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(near.len(), 3);
+    assert_eq!(near[0].tasks, 1);
 }

@@ -34,3 +34,52 @@ pub fn input(
         }),
     }
 }
+
+/// A message as JetStream stored it, before it is read as the contract says.
+pub struct Stored {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub headers: Option<HeaderMap>,
+    pub time: DateTime<Utc>,
+}
+
+/// Below this many messages a batch is read on one thread: splitting costs more than it saves.
+const PARALLEL_FROM: usize = 64;
+
+/// The inputs of a batch, read on as many threads as there are `verifiers` (each keeps its own
+/// cache of keys). The Ed25519 check is by far the dearest part of a signed message and needs
+/// nothing but the message, so it is what spreads over the cores; the order of the inputs is
+/// the order of `stored`.
+pub fn inputs(stored: &[Stored], verifiers: &mut [Verifier]) -> Vec<Input> {
+    let read = |v: &mut Verifier, m: &Stored| {
+        input(v, m.seq, &m.subject, &m.payload, m.headers.as_ref(), m.time)
+    };
+    if verifiers.len() < 2 || stored.len() < PARALLEL_FROM {
+        let v = verifiers.first_mut().expect("at least one verifier");
+        return stored.iter().map(|m| read(v, m)).collect();
+    }
+    let per = stored.len().div_ceil(verifiers.len());
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = stored
+            .chunks(per)
+            .zip(verifiers.iter_mut())
+            .map(|(part, v)| {
+                scope.spawn(move || part.iter().map(|m| read(v, m)).collect::<Vec<_>>())
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| {
+                p.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// One verifier per core this machine has.
+pub fn verifiers() -> Vec<Verifier> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n).map(|_| Verifier::new()).collect()
+}

@@ -27,11 +27,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use truebit_projections::{Applied, Outbox, Projections};
 use truebit_streams::names::{checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET, EVENTS_STREAM};
-use truebit_streams::{PublicKey, Verifier};
+use truebit_streams::PublicKey;
 
 mod input;
 pub mod task;
-pub use input::input;
+pub use input::{input, inputs, verifiers, Stored};
 use task::{blocking, joined};
 
 /// Messages folded per database transaction during a rebuild: large, because a commit's cost
@@ -214,11 +214,14 @@ pub async fn rebuild(
         .map_err(|e| nats("reading the stream", e))?;
     // Reading and validating the next batch overlaps with committing the previous one: a
     // rebuild costs the slower of the two stages, not their sum.
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut verifier = Verifier::new();
-    let mut committing: Option<
-        tokio::task::JoinHandle<Result<Applied, truebit_projections::Error>>,
-    > = None;
+    let mut batch: Vec<Stored> = Vec::with_capacity(BATCH);
+    // Handed to each commit's blocking task, which reads the batch on every core, and back.
+    let mut verifiers = Some(verifiers());
+    type Committed = (
+        Result<Applied, truebit_projections::Error>,
+        Vec<truebit_streams::Verifier>,
+    );
+    let mut committing: Option<tokio::task::JoinHandle<Committed>> = None;
     let mut done = false;
     while !done {
         let msg = match messages.next().await {
@@ -237,29 +240,33 @@ pub async fn rebuild(
         // The target itself may have been deleted: the first message past it ends the rebuild.
         done = info.stream_sequence >= target;
         if info.stream_sequence <= target {
-            batch.push(input(
-                &mut verifier,
-                info.stream_sequence,
-                &msg.subject,
-                &msg.payload,
-                msg.headers.as_ref(),
-                info.published,
-            ));
+            batch.push(Stored {
+                seq: info.stream_sequence,
+                subject: msg.subject.to_string(),
+                payload: msg.payload.clone(),
+                headers: msg.headers.clone(),
+                time: info.published,
+            });
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
             if let Some(previous) = committing.take() {
-                rebuilt.record(joined(previous).await?, target, &mut progress);
+                let (applied, returned) = joined(previous).await;
+                verifiers = Some(returned);
+                rebuilt.record(applied?, target, &mut progress);
             }
-            let inputs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            let stored = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            let mut checking = verifiers.take().expect("returned by the previous commit");
             let db = db.clone();
             // A replay counts refusals; it never publishes their dead letters.
             committing = Some(tokio::task::spawn_blocking(move || {
-                db.apply(&inputs, Outbox::Skip)
+                let read = inputs(&stored, &mut checking);
+                (db.apply(&read, Outbox::Skip), checking)
             }));
         }
     }
     if let Some(last) = committing {
-        rebuilt.record(joined(last).await?, target, &mut progress);
+        let (applied, _) = joined(last).await;
+        rebuilt.record(applied?, target, &mut progress);
     }
     rebuilt.seconds = started.elapsed().as_secs_f64();
     Ok(rebuilt)

@@ -199,18 +199,18 @@ pub async fn history(
     };
     let db = state.db.clone();
     let from = range.minutes().map(|r| step.floor(at) - r);
-    match blocking(move || db.history(from, at, step)).await {
-        // `all` is as long as the network is old: checked once its start is known.
-        Ok(points) if points.len() as i64 > MAX_POINTS => bad(
+    match blocking(move || db.history(from, at, step, MAX_POINTS as u64)).await {
+        // `all` is as long as the network is old, `at` as far as asked: checked before the
+        // points are made.
+        Ok(Err(count)) => bad(
             format!(
-                "range {} at step {} is {} points, more than {MAX_POINTS}; use a longer step",
+                "range {} at step {} is {count} points, more than {MAX_POINTS}; use a longer step",
                 range.as_str(),
                 step.as_str(),
-                points.len()
             ),
             allowed,
         ),
-        Ok(points) => {
+        Ok(Ok(points)) => {
             let body = render_history(range, step, at, &points, &state.nodes);
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }

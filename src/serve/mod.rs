@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use truebit_projections::Projections;
 use truebit_replay::task::{blocking, joined};
 use truebit_streams::names::{consumer_name, DEFAULT_INSTANCE};
-use truebit_streams::{PublicKey, Verifier};
+use truebit_streams::PublicKey;
 
 /// Everything `serve` needs to know.
 #[derive(Debug, Clone)]
@@ -80,6 +80,8 @@ impl ServeConfig {
 
 /// Validated batches that may wait for the committer; a full queue holds the receiver back.
 const QUEUED_BATCHES: usize = 16;
+/// How long a stop waits for a checkpoint upload in progress.
+const CHECKPOINT_GRACE: Duration = Duration::from_secs(20);
 
 /// Runs the aggregator until `shutdown` completes, then finishes the batch in hand, commits it
 /// and returns.
@@ -166,8 +168,11 @@ pub async fn serve(
         client.clone(),
         topology.stats.clone(),
         db.clone(),
-        leader.clone(),
-        me,
+        crate::publish::Lead {
+            leader: leader.clone(),
+            instance: me,
+            published: published.clone(),
+        },
         metrics.clone(),
         status.clone(),
     );
@@ -212,7 +217,7 @@ pub async fn serve(
     let receiver = Receiver {
         events: topology.events.clone(),
         order: Order::new(applied),
-        verifier: Verifier::new(),
+        verifiers: truebit_replay::verifiers(),
         stop: stop.clone(),
     };
     let watching = tokio::spawn(lag::watch(
@@ -233,13 +238,14 @@ pub async fn serve(
         applied_tx,
         metrics.clone(),
     ));
-    let (dlq_read_tx, dlq_read) = watch::channel(0);
+    let (dlq_read_tx, dlq_read) = crate::dead_letters::follower();
     // Stopped only after the last dead letters went out: a leader reads its own before it ends.
     let (follow_stop_tx, follow_stop) = watch::channel(false);
     let following_dlq = tokio::spawn(crate::dead_letters::follow(
         js.clone(),
         db.clone(),
         dlq_read_tx,
+        dlq_read.clone(),
         follow_stop,
     ));
     let dead_letters = tokio::spawn(crate::dead_letters::publish(
@@ -300,9 +306,9 @@ pub async fn serve(
             }
             _ = checkpoints.tick(), if !config.checkpoint_interval.is_zero() => {
                 if leader.leading() && checkpointing.as_ref().is_none_or(|h| h.is_finished()) {
-                    let (store, db, keep) = (topology.checkpoints.clone(), db.clone(), config.checkpoints_kept);
+                    let (store, db, keep, leader) = (topology.checkpoints.clone(), db.clone(), config.checkpoints_kept, leader.clone());
                     checkpointing = Some(tokio::spawn(async move {
-                        match crate::checkpoint::write(&store, &db, keep).await {
+                        match crate::checkpoint::write(&store, &db, keep, &leader).await {
                             Ok(w) => tracing::info!(seq = w.seq, bytes = w.bytes, copy_ms = w.copy.as_millis() as u64, upload_ms = w.upload.as_millis() as u64, "stored checkpoint"),
                             Err(e) => tracing::warn!(error = %e, "cannot store a checkpoint; the next interval tries again"),
                         }
@@ -326,10 +332,26 @@ pub async fn serve(
             let received = joined(receiving).await;
             joined(committing).await.and(received)
         }
-        // Nothing more can be committed, so nothing more is received: what was received and
-        // not committed is redelivered after a restart.
+        // The committer ended before a stop: either a commit failed, or the receiver ended (an
+        // error, a panic) and closed the queue, which the committer takes as the end. Nothing
+        // more can be committed, so nothing more is received: what was received and not
+        // committed is redelivered after a restart. Whichever failed decides the exit.
         Some(result) => {
-            receiving.abort();
+            let committed =
+                result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+            let result = match committed {
+                Ok(()) => match joined(receiving).await {
+                    Ok(()) => Err(Error::nats(
+                        "receiving from TRUEBIT_EVENTS",
+                        "the receiver stopped without a reason",
+                    )),
+                    Err(e) => Err(e),
+                },
+                Err(e) => {
+                    receiving.abort();
+                    Err(e)
+                }
+            };
             responder.abort();
             dead_letters.abort();
             watching.abort();
@@ -339,7 +361,7 @@ pub async fn serve(
             }
             following_dlq.abort();
             let _ = lease_stop_tx.send(true);
-            result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+            result
         }
     };
     let _ = responder.await;
@@ -357,12 +379,20 @@ pub async fn serve(
     }
     let _ = follow_stop_tx.send(true);
     let _ = following_dlq.await;
-    // Handed back only now: the last dead letters went out under it.
+    // A checkpoint is the leader's to write: it ends (or is given up, its next interval
+    // elsewhere writes another) before the lease is handed back, and never holds a stop long.
+    if let Some(mut running) = checkpointing {
+        if tokio::time::timeout(CHECKPOINT_GRACE, &mut running)
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopping in the middle of a checkpoint upload; it is given up");
+            running.abort();
+        }
+    }
+    // Handed back only now: the last dead letters and checkpoint went out under it.
     let _ = lease_stop_tx.send(true);
     let _ = leasing.await;
-    if let Some(running) = checkpointing {
-        let _ = running.await;
-    }
     outcome?;
     tracing::info!(applied = *applied_rx.borrow(), "stopped");
     Ok(())

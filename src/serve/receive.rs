@@ -6,12 +6,12 @@ use super::order::{Order, Step};
 use crate::backoff::Backoff;
 use crate::Error;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
-use truebit_replay::input;
+use truebit_replay::task::joined;
+use truebit_replay::{inputs, Stored};
 use truebit_streams::Verifier;
 
 /// How long a batch waits to fill before it is handed on as it is.
@@ -23,19 +23,11 @@ type Delivery = Result<
 >;
 type Batches = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Vec<Delivery>> + Send>>;
 
-/// A message taken from the stream, by whichever way it came.
-struct Stored {
-    seq: u64,
-    subject: String,
-    payload: Bytes,
-    headers: Option<async_nats::HeaderMap>,
-    time: DateTime<Utc>,
-}
-
 pub(crate) struct Receiver {
     pub events: Stream,
     pub order: Order,
-    pub verifier: Verifier,
+    /// One per core: a batch's signatures are checked on all of them at once.
+    pub verifiers: Vec<Verifier>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -46,7 +38,10 @@ impl Receiver {
         batch: usize,
         out: mpsc::Sender<Ready>,
     ) -> Result<(), Error> {
-        let mut messages = open_messages(&consumer, batch).await?;
+        // Opened like a reopen: on a cluster the consumer's leader may be moving at start.
+        let Some(mut messages) = reopen(&consumer, batch, &self.stop).await else {
+            return Ok(());
+        };
         let mut stop = self.stop.clone();
         loop {
             let deliveries = tokio::select! {
@@ -56,7 +51,10 @@ impl Receiver {
                     Some(deliveries) => deliveries,
                     None => {
                         tracing::warn!("the consumer's message stream ended; reopening it");
-                        messages = reopen(&consumer, batch, &self.stop).await?;
+                        match reopen(&consumer, batch, &self.stop).await {
+                            Some(m) => messages = m,
+                            None => return Ok(()),
+                        }
                         continue;
                     }
                 },
@@ -118,19 +116,13 @@ impl Receiver {
         }
         self.order.advance(&plan);
 
-        let inputs = stored
-            .iter()
-            .map(|m| {
-                input(
-                    &mut self.verifier,
-                    m.seq,
-                    &m.subject,
-                    &m.payload,
-                    m.headers.as_ref(),
-                    m.time,
-                )
-            })
-            .collect();
+        // Off the async worker: reading a batch of signed messages is milliseconds of CPU.
+        let mut verifiers = std::mem::take(&mut self.verifiers);
+        let (inputs, verifiers) = joined(tokio::task::spawn_blocking(move || {
+            (inputs(&stored, &mut verifiers), verifiers)
+        }))
+        .await;
+        self.verifiers = verifiers;
         let acks = delivered
             .iter()
             .filter_map(|(seq, _, msg)| msg.reply.as_ref().map(|reply| (*seq, reply)))
@@ -192,20 +184,24 @@ async fn open_messages(consumer: &PullConsumer, batch: usize) -> Result<Batches,
     Ok(Box::pin(messages.chunks_timeout(batch, BATCH_LINGER)))
 }
 
+/// Reopens the consumer's message stream, retrying while NATS is away; `None` once asked to
+/// stop, which is no failure: there is nothing in hand to lose.
 async fn reopen(
     consumer: &PullConsumer,
     batch: usize,
     stop: &watch::Receiver<bool>,
-) -> Result<Batches, Error> {
+) -> Option<Batches> {
     let mut backoff = Backoff::new();
     loop {
+        if *stop.borrow() {
+            return None;
+        }
         match open_messages(consumer, batch).await {
-            Ok(m) => return Ok(m),
-            Err(e) if !*stop.borrow() => {
+            Ok(m) => return Some(m),
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot reopen the consumer yet; retrying");
                 backoff.wait().await;
             }
-            Err(e) => return Err(e),
         }
     }
 }

@@ -159,17 +159,15 @@ impl Verifier {
             (None, Some(_)) => return Signer::Malformed("Truebit-Signature without Truebit-Key"),
             (Some(_), None) => return Signer::Malformed("Truebit-Key without Truebit-Signature"),
         };
-        if self.keys.len() >= MAX_CACHED_KEYS && !self.keys.contains_key(key) {
-            self.keys.clear();
+        if !self.keys.contains_key(key) {
+            if self.keys.len() >= MAX_CACHED_KEYS {
+                self.keys.clear();
+            }
+            let decoded = PublicKey::parse(key).and_then(|_| KeyPair::from_public_key(key).ok());
+            self.keys.insert(key.to_string(), decoded);
         }
-        let pair = self
-            .keys
-            .entry(key.to_string())
-            .or_insert_with(|| {
-                PublicKey::parse(key)?;
-                KeyPair::from_public_key(key).ok()
-            })
-            .as_ref();
+        // A hit costs a lookup, not an allocation: most messages come from a known key.
+        let pair = self.keys.get(key).and_then(Option::as_ref);
         let Some(pair) = pair else {
             return Signer::Malformed("Truebit-Key is not an nkey user public key (U…)");
         };
