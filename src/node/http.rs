@@ -12,7 +12,7 @@ pub async fn serve(listener: tokio::net::TcpListener, view: View, publish_interv
         get(move || {
             let view = view.clone();
             async move {
-                let now = chrono::Utc::now().timestamp();
+                let now = chrono::Utc::now().timestamp_millis();
                 Json(flattened(
                     view.lock().unwrap().as_ref(),
                     now,

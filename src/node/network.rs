@@ -42,7 +42,8 @@ const DISTRIBUTIONS: [&str; 8] = [
 /// `GET /api/federation/network-stats`: the snapshot's `data` at the top level, `lastUpdated`
 /// (when the agent received it) and `status`: `connected`, `stale` when none arrived for two
 /// publish intervals, `awaiting_data` before the first (every count 0, every distribution `{}`).
-pub fn flattened(kept: Option<&Kept>, now: i64, publish_interval: Duration) -> Value {
+/// `now_ms` is the wall clock in Unix milliseconds.
+pub fn flattened(kept: Option<&Kept>, now_ms: i64, publish_interval: Duration) -> Value {
     let Some(kept) = kept else {
         let mut out = Map::new();
         for k in COUNTS {
@@ -61,8 +62,8 @@ pub fn flattened(kept: Option<&Kept>, now: i64, publish_interval: Duration) -> V
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let age = now.saturating_sub(kept.received_at).max(0) as u128;
-    let stale = age * 1000 > 2 * publish_interval.as_millis();
+    let age_ms = now_ms.saturating_sub(kept.received_ms()).max(0) as u128;
+    let stale = age_ms > 2 * publish_interval.as_millis();
     out.insert(
         "lastUpdated".into(),
         json!(
@@ -77,17 +78,15 @@ pub fn flattened(kept: Option<&Kept>, now: i64, publish_interval: Duration) -> V
     Value::Object(out)
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn keep(state: &State, view: &View, body: &[u8]) {
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
         tracing::warn!("a snapshot that is not JSON; ignored");
         return;
     };
+    let now = chrono::Utc::now();
     let kept = Kept {
-        received_at: now(),
+        received_at: now.timestamp(),
+        received_ms: now.timestamp_millis(),
         body,
     };
     if let Err(e) = state.keep_snapshot(&kept) {
@@ -166,15 +165,39 @@ mod tests {
         assert!(none["lastUpdated"].is_null());
         let kept = Kept {
             received_at: 1_796_289_245,
+            received_ms: 1_796_289_245_900,
             body: json!({"version": "1.0", "type": "network_stats", "timestamp": "x",
                          "data": {"totalTasks": 7, "chainDistribution": {"1": 7}}}),
         };
-        let fresh = flattened(Some(&kept), kept.received_at + 60, Duration::from_secs(30));
+        let at = kept.received_ms;
+        let fresh = flattened(Some(&kept), at + 60_000, Duration::from_secs(30));
         assert_eq!(fresh["status"], "connected");
         assert_eq!(fresh["totalTasks"], 7);
         assert_eq!(fresh["chainDistribution"]["1"], 7);
         assert_eq!(fresh["lastUpdated"], "2026-12-03T09:14:05Z");
-        let stale = flattened(Some(&kept), kept.received_at + 61, Duration::from_secs(30));
+        let stale = flattened(Some(&kept), at + 60_001, Duration::from_secs(30));
         assert_eq!(stale["status"], "stale");
+        // An aggregator publishing every 200 ms: 150 ms later, across a second's boundary, is
+        // not stale.
+        let fast = Duration::from_millis(200);
+        assert_eq!(
+            flattened(Some(&kept), at + 150, fast)["status"],
+            "connected"
+        );
+        assert_eq!(flattened(Some(&kept), at + 401, fast)["status"], "stale");
+        // A snapshot kept before milliseconds were: its seconds count.
+        let old = Kept {
+            received_ms: 0,
+            ..kept.clone()
+        };
+        let old_at = old.received_at * 1000;
+        assert_eq!(
+            flattened(Some(&old), old_at + 60_000, Duration::from_secs(30))["status"],
+            "connected"
+        );
+        assert_eq!(
+            flattened(Some(&old), old_at + 60_001, Duration::from_secs(30))["status"],
+            "stale"
+        );
     }
 }

@@ -43,7 +43,22 @@ pub struct Outgoing {
 pub struct Kept {
     /// Unix seconds when the agent received it.
     pub received_at: i64,
+    /// The same in milliseconds, which `stale` needs: an aggregator may publish more often than
+    /// once a second. 0 in a snapshot kept by an agent before this field existed.
+    #[serde(default)]
+    pub received_ms: i64,
     pub body: serde_json::Value,
+}
+
+impl Kept {
+    /// When it was received, in Unix milliseconds.
+    pub fn received_ms(&self) -> i64 {
+        if self.received_ms != 0 {
+            self.received_ms
+        } else {
+            self.received_at.saturating_mul(1000)
+        }
+    }
 }
 
 /// What one cycle of reading changed, committed as one.

@@ -47,7 +47,14 @@ impl Served {
 
     /// The same, with the aggregator's config adjusted first.
     pub async fn start_with(adjust: impl Fn(&mut ServeConfig) + Send + Sync + 'static) -> Self {
-        let server = NatsServer::start();
+        Self::start_on(NatsServer::start(), adjust).await
+    }
+
+    /// An aggregator serving a server the test already started.
+    pub async fn start_on(
+        server: NatsServer,
+        adjust: impl Fn(&mut ServeConfig) + Send + Sync + 'static,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("aggregator.redb");
         let client = async_nats::connect(server.url()).await.unwrap();
