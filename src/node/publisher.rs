@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use truebit_streams::names::HEADER_MSG_ID;
 use truebit_streams::SigningKey;
 
-/// Events taken from the outbox at a time; the acknowledged ones are dropped in one commit.
+/// Events read from the outbox at a time.
 const CHUNK: usize = 256;
 
 pub struct Publisher {
@@ -37,6 +37,10 @@ pub fn headers(out: &Outgoing, key: Option<&SigningKey>) -> HeaderMap {
 
 impl Publisher {
     /// Publishes what waits, until the outbox is empty or NATS fails; returns how many went.
+    ///
+    /// Each event leaves the outbox in the same step as its acknowledgement arrives, with no
+    /// `.await` between the two: a drain cut short (a stop, a timeout, an abort) never leaves an
+    /// acknowledged event behind to be sent again later, past JetStream's duplicate window.
     pub async fn drain(&self) -> Result<usize, String> {
         let mut total = 0;
         loop {
@@ -44,21 +48,10 @@ impl Publisher {
             if pending.is_empty() {
                 return Ok(total);
             }
-            let mut acked = Vec::new();
-            let mut failed = None;
             for (place, out) in &pending {
-                match self.publish(out).await {
-                    Ok(()) => acked.push(*place),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            total += acked.len();
-            self.state.sent(&acked).map_err(|e| e.to_string())?;
-            if let Some(e) = failed {
-                return Err(e);
+                self.publish(out).await?;
+                self.state.sent(&[*place]).map_err(|e| e.to_string())?;
+                total += 1;
             }
         }
     }
