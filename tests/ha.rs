@@ -15,7 +15,18 @@ use truebit_testkit::{signal, NatsServer, Reaped, SIGCONT, SIGKILL, SIGSTOP, SIG
 fn instance(url: &str, dir: &Path, name: &str) -> Reaped {
     let mut c = command(url, &dir.join(format!("{name}.redb")));
     c.env("INSTANCE", name);
-    spawn_serve_with(c).0
+    let (child, log) = spawn_serve_with(c);
+    // Echoed, so that a failed exit shows what the instance said.
+    std::thread::spawn(move || {
+        for line in log {
+            eprintln!("[{}] {line}", child_name(&line));
+        }
+    });
+    child
+}
+
+fn child_name(_line: &str) -> &'static str {
+    "serve"
 }
 
 fn heartbeats(node: &str, n: usize) -> Vec<(String, Vec<u8>)> {

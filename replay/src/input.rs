@@ -61,20 +61,31 @@ pub fn inputs(stored: &[Stored], verifiers: &mut [Verifier]) -> Vec<Input> {
     }
     let per = stored.len().div_ceil(verifiers.len());
     std::thread::scope(|scope| {
-        let parts: Vec<_> = stored
-            .chunks(per)
-            .zip(verifiers.iter_mut())
-            .map(|(part, v)| {
-                scope.spawn(move || part.iter().map(|m| read(v, m)).collect::<Vec<_>>())
-            })
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| {
-                p.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        let mut parts = Vec::with_capacity(verifiers.len());
+        let mut rest = Vec::new();
+        for (part, v) in stored.chunks(per).zip(verifiers.iter_mut()) {
+            // A machine out of threads reads the part here instead: slower, never a panic.
+            match std::thread::Builder::new().spawn_scoped(scope, move || {
+                part.iter().map(|m| read(v, m)).collect::<Vec<_>>()
+            }) {
+                Ok(handle) => parts.push(Ok(handle)),
+                Err(_) => parts.push(Err(part)),
+            }
+        }
+        for part in parts {
+            match part {
+                Ok(handle) => rest.extend(
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                ),
+                Err(part) => {
+                    let mut v = Verifier::new();
+                    rest.extend(part.iter().map(|m| read(&mut v, m)));
+                }
+            }
+        }
+        rest
     })
 }
 
