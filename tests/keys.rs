@@ -300,7 +300,7 @@ async fn in_audit_everything_is_folded_and_what_enforce_would_refuse_is_counted(
         &db,
         &["new-admin", "--out", admin_seed.to_str().unwrap()],
     );
-    let (serve, _log) = spawn_serve_with(serve_command(&url, &db, &admin));
+    let (serve, log) = spawn_serve_with(serve_command(&url, &db, &admin));
     let node_seed = dir.path().join("node.seed");
     let seed_arg = admin_seed.to_str().unwrap();
     keys(
@@ -340,7 +340,9 @@ async fn in_audit_everything_is_folded_and_what_enforce_would_refuse_is_counted(
     assert!(String::from_utf8_lossy(&text.stdout).contains("admission mode audit"));
     let mut serve = serve;
     signal(&serve, SIGTERM);
-    assert!(serve.wait().unwrap().success());
+    let status = serve.wait().unwrap();
+    let said: Vec<String> = log.try_iter().collect();
+    assert!(status.success(), "{status}: {}", said.join("\n"));
     let folded = Projections::open_existing(&db).unwrap();
     for n in ["node-a", "node-b", "node-c"] {
         assert_eq!(

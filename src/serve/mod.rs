@@ -332,26 +332,12 @@ pub async fn serve(
             let received = joined(receiving).await;
             joined(committing).await.and(received)
         }
-        // The committer ended before a stop: either a commit failed, or the receiver ended (an
-        // error, a panic) and closed the queue, which the committer takes as the end. Nothing
-        // more can be committed, so nothing more is received: what was received and not
-        // committed is redelivered after a restart. Whichever failed decides the exit.
+        // The committer ended before a stop was seen: a commit failed (its error decides the
+        // exit), or the receiver closed the queue. Nothing more can be committed, so nothing
+        // more is received: what was received and not committed is redelivered after a restart.
         Some(result) => {
-            let committed =
-                result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
-            let result = match committed {
-                Ok(()) => match joined(receiving).await {
-                    Ok(()) => Err(Error::nats(
-                        "receiving from TRUEBIT_EVENTS",
-                        "the receiver stopped without a reason",
-                    )),
-                    Err(e) => Err(e),
-                },
-                Err(e) => {
-                    receiving.abort();
-                    Err(e)
-                }
-            };
+            receiving.abort();
+            let result = result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
             responder.abort();
             dead_letters.abort();
             watching.abort();
