@@ -51,6 +51,13 @@ impl Leader {
         }
     }
 
+    /// Tells subscribers whether this instance leads now, if that changed.
+    fn announce(&self) {
+        let now = self.leading();
+        self.became
+            .send_if_modified(|was| std::mem::replace(was, now) != now);
+    }
+
     /// Changes to true when this instance takes the lease (and to false when it loses it).
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.became.subscribe()
@@ -83,9 +90,7 @@ pub(crate) async fn run(
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the lease");
-                leader
-                    .became
-                    .send_if_modified(|was| std::mem::replace(was, leader.leading()) != *was);
+                leader.announce();
                 continue;
             }
         };
@@ -93,9 +98,7 @@ pub(crate) async fn run(
         let step = leader.lease().next(seen.as_ref(), sent);
         let result = match step {
             Step::Wait => {
-                leader
-                    .became
-                    .send_if_modified(|was| std::mem::replace(was, leader.leading()) != *was);
+                leader.announce();
                 continue;
             }
             // Losing a compare-and-set to another instance is the lease working; anything else
@@ -128,10 +131,7 @@ pub(crate) async fn run(
             (true, None) => tracing::warn!(instance = %me, "lost the lease: no longer publishing"),
             _ => {}
         }
-        let now = leader.leading();
-        leader
-            .became
-            .send_if_modified(|was| std::mem::replace(was, now) != now);
+        leader.announce();
     }
     let held = leader.lease().held_revision();
     if let Some(revision) = held {
