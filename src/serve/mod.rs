@@ -244,6 +244,7 @@ pub async fn serve(
     let following_dlq = tokio::spawn(crate::dead_letters::follow(
         js.clone(),
         db.clone(),
+        info.created,
         dlq_read_tx,
         dlq_read.clone(),
         follow_stop,
@@ -290,7 +291,8 @@ pub async fn serve(
         tokio::select! {
             biased;
             _ = stop_rx.changed() => break None,
-            // The committer ends before a stop only when a commit failed.
+            // The committer ends before a stop is seen here when a commit failed, or when the
+            // receiver closed the queue (it saw the stop first, or it panicked).
             result = &mut committing => break Some(result),
             _ = ticker.tick() => {
                 leader.set_eligible(eligible(&catch_up, *applied_rx.borrow()));
@@ -332,9 +334,13 @@ pub async fn serve(
             let received = joined(receiving).await;
             joined(committing).await.and(received)
         }
-        // The committer ended before a stop was seen: a commit failed (its error decides the
-        // exit), or the receiver closed the queue. Nothing more can be committed, so nothing
-        // more is received: what was received and not committed is redelivered after a restart.
+        // The committer ended cleanly before this loop saw a stop: the receiver closed the
+        // queue, which it does only once it saw the stop itself (every other task sees it too,
+        // so this is an ordinary stop), or by panicking, which must not end in a quiet exit 0.
+        Some(Ok(Ok(()))) => joined(receiving).await,
+        // A commit failed: its error decides the exit. Nothing more can be committed, so
+        // nothing more is received: what was received and not committed is redelivered after
+        // a restart.
         Some(result) => {
             receiving.abort();
             let result = result.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
