@@ -15,6 +15,7 @@ use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
@@ -220,9 +221,14 @@ pub(crate) fn follower() -> (watch::Sender<u64>, Followed) {
 
 /// Reads `TRUEBIT_DLQ` from its start, for as long as serve runs, noting every dead letter found
 /// there and dropping it from the outbox; `read` carries the last stream sequence read.
+///
+/// A dead letter stored before `since`, when this incarnation of `TRUEBIT_EVENTS` was created,
+/// is about a message of an earlier one (its sequences started again at 1): it is passed over,
+/// or the refusal of this stream's message under the same sequence would never be sent.
 pub(crate) async fn follow(
     js: jetstream::Context,
     db: Arc<Projections>,
+    since: DateTime<Utc>,
     read: watch::Sender<u64>,
     followed: Followed,
     mut stop: watch::Receiver<bool>,
@@ -252,15 +258,17 @@ pub(crate) async fn follow(
             let mut last = None;
             for m in batch {
                 let Ok(m) = m else { continue };
+                let Ok(info) = m.info() else { continue };
+                last = Some(info.stream_sequence);
+                if info.published < since {
+                    continue;
+                }
                 let original = m
                     .headers
                     .as_ref()
                     .and_then(|h| h.get(HEADER_ORIGINAL_SEQ))
                     .and_then(|v| v.as_str().parse::<u64>().ok());
                 seqs.extend(original);
-                if let Ok(info) = m.info() {
-                    last = Some(info.stream_sequence);
-                }
             }
             followed
                 .stored

@@ -623,3 +623,58 @@ async fn a_dead_letter_that_cannot_be_stored_waits_in_the_outbox_across_a_restar
     assert_eq!(db.pending_dead_letter_count().unwrap(), 0);
     assert_eq!(dlq.info().await.unwrap().state.messages, 1);
 }
+
+#[tokio::test]
+async fn a_dead_letter_of_an_earlier_events_stream_does_not_stand_for_this_ones() {
+    let mut served = Served::start().await;
+    served.stop().await.unwrap();
+    // TRUEBIT_EVENTS deleted and made anew restarts its sequences at 1. TRUEBIT_DLQ still holds
+    // a dead letter of the old stream's message 1, stored longer ago than its duplicate window
+    // (so without the `dlq-1` Msg-Id, which the window would no longer hold either).
+    served.js.delete_stream("TRUEBIT_EVENTS").await.unwrap();
+    let mut old = async_nats::HeaderMap::new();
+    old.insert("Truebit-Dlq-Reason", "malformed");
+    old.insert("Truebit-Original-Subject", "truebit.heartbeat");
+    old.insert("Truebit-Original-Seq", "1");
+    served
+        .js
+        .publish_with_headers("truebit.dlq.malformed", old, "{old".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // The old database belongs to the old stream (serve refuses it); this one folds the new.
+    std::fs::remove_file(&served.db_path).unwrap();
+    served.serve();
+    served.wait_folded(0).await; // TRUEBIT_EVENTS exists again
+
+    let bad = served
+        .publish(&[("truebit.heartbeat".to_string(), b"{new".to_vec())])
+        .await;
+    assert_eq!(bad, 1, "the new stream starts again at 1");
+    let ts = chrono::Utc::now().to_rfc3339();
+    let good = served
+        .publish(&[msg(
+            "truebit.heartbeat",
+            envelope("heartbeat", A, &ts, json!({})),
+        )])
+        .await;
+    served.wait_folded(good).await;
+
+    // The refusal of the new message 1 gets a dead letter of its own, beside the old one.
+    let mut dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while dlq.info().await.unwrap().state.messages < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new stream's refusal was taken for the old stream's and never sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let m = dlq.get_raw_message(2).await.unwrap();
+    assert_eq!(m.headers.get("Truebit-Original-Seq").unwrap().as_str(), "1");
+    assert_eq!(m.payload.as_ref(), b"{new");
+    served.stop().await.unwrap();
+    let db = Projections::open_existing(&served.db_path).unwrap();
+    assert_eq!(db.pending_dead_letter_count().unwrap(), 0);
+}
