@@ -1,8 +1,10 @@
 //! The node half of the history (contract §8): `activeNodes` and `totalNodes` as published, read
 //! from `TRUEBIT_STATS`. Every instance follows the stream from its start with an ordered
-//! consumer and keeps, per minute, the last record published in it: about half a megabyte per
-//! year of minutes, so that `/api/history` answers from memory. The leader's own records come
-//! back the same way, so what the dashboard shows is what any NATS client reads.
+//! consumer and keeps, per minute, the last record published in it, so that `/api/history`
+//! answers from memory: some 50 bytes a minute, 25 MB for a year of them, and no more than the
+//! stream's `max_age` (`STATS_MAX_AGE`) holds, as minutes older than that are forgotten as the
+//! stream forgets them. The leader's own records come back the same way, so what the dashboard
+//! shows is what any NATS client reads.
 
 use crate::backoff::Backoff;
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
@@ -42,6 +44,17 @@ impl NodeHistory {
         }
     }
 
+    /// Forgets the minutes before `minute`.
+    pub fn forget_before(&self, minute: Minute) {
+        let mut map = self
+            .by_minute
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        while map.first_key_value().is_some_and(|(&m, _)| m < minute) {
+            map.pop_first();
+        }
+    }
+
     /// For each minute asked, in increasing order, the counts of the last record at or before it.
     pub fn at_or_before(
         &self,
@@ -78,6 +91,8 @@ pub async fn follow(
 ) {
     let mut next = 1u64;
     let mut backoff = Backoff::new();
+    // What the stream keeps, in minutes; zero keeps everything.
+    let keep = (stream.cached_info().config.max_age.as_secs() / 60) as Minute;
     loop {
         let consumer = stream
             .create_consumer(OrderedConfig {
@@ -116,7 +131,12 @@ pub async fn follow(
                         next = info.stream_sequence + 1;
                     }
                     match HistoryRecord::parse(&msg.payload) {
-                        Some(record) => history.insert(&record),
+                        Some(record) => {
+                            history.insert(&record);
+                            if let (Some(minute), true) = (record.minute(), keep > 0) {
+                                history.forget_before(minute - keep);
+                            }
+                        }
                         None => tracing::debug!(
                             "a TRUEBIT_STATS message that is not a history record; skipped"
                         ),
@@ -130,5 +150,44 @@ pub async fn follow(
             }
         }
         tokio::select! { _ = stop.changed() => return, _ = backoff.wait() => {} }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(minute: Minute, active: u64) -> HistoryRecord {
+        HistoryRecord {
+            t: chrono::DateTime::from_timestamp(minute * 60, 0)
+                .unwrap()
+                .to_rfc3339(),
+            seq: minute as u64,
+            active_nodes: active,
+            total_nodes: active,
+            tasks: 0,
+            completed: 0,
+            failed: 0,
+            cached: 0,
+            invoices: 0,
+        }
+    }
+
+    #[test]
+    fn the_last_record_of_a_minute_counts_and_forgotten_minutes_are_gone() {
+        let history = NodeHistory::default();
+        for minute in 0..10 {
+            history.insert(&record(minute, minute as u64));
+        }
+        history.insert(&record(3, 30));
+        assert_eq!(history.len(), 10);
+        let at = |m| history.at_or_before([m])[0].map(|c| c.active);
+        assert_eq!(at(3), Some(30), "the later record of minute 3 replaced it");
+        assert_eq!(at(100), Some(9));
+
+        history.forget_before(5);
+        assert_eq!(history.len(), 5);
+        assert_eq!(at(4), None, "nothing at or before minute 4 is kept");
+        assert_eq!(at(5), Some(5));
     }
 }
