@@ -15,17 +15,9 @@ use truebit_projections::Projections;
 use truebit_streams::SigningKey;
 use truebit_testkit::{signal, NatsServer, SIGKILL, SIGTERM};
 
-/// Runs a `keys` command that must succeed; returns its first line (the public key, where it
-/// prints one).
+/// Runs a `keys` command that must succeed; returns its first line.
 fn keys(url: &str, db: &Path, args: &[&str]) -> String {
-    let out = run(command(url, db).arg("keys").args(args));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "keys {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines().next().unwrap_or_default().to_string()
+    common::process::keys(command(url, db), args)
 }
 
 fn seed(path: &Path) -> SigningKey {

@@ -677,20 +677,9 @@ async fn the_endpoint_says_awaiting_then_connected_then_stale() {
 
 /// Runs a `keys` command of the binary that must succeed; its first line of output.
 fn keys(url: &str, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .env("NATS_URL", url)
-        .arg("keys")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "keys {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines().next().unwrap_or_default().to_string()
+    let mut cmd = Command::new(BIN);
+    cmd.env("NATS_URL", url).stdin(Stdio::null());
+    common::process::keys(cmd, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

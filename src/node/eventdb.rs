@@ -31,16 +31,9 @@ impl EventDb {
 
     fn files(&self) -> Vec<PathBuf> {
         if self.path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(&self.path)
+            let mut found: Vec<PathBuf> = super::folder::files_ending(&self.path, "-eventDB.json")
                 .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with("-eventDB.json"))
-                })
+                .map(|(path, _)| path)
                 .collect();
             found.sort();
             found

@@ -36,19 +36,7 @@ impl Logs {
     }
 
     fn files(&self, suffix: &str) -> Vec<(PathBuf, std::fs::Metadata)> {
-        let mut found: Vec<_> = std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(suffix))
-            })
-            .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (p, m)))
-            .filter(|(_, m)| m.is_file())
-            .collect();
+        let mut found = super::folder::files_ending(&self.dir, suffix);
         found.sort_by_key(|(p, m)| (m.modified().ok(), p.clone()));
         found
     }

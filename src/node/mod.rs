@@ -4,12 +4,13 @@
 //!
 //! Each file does one job: [`runner`] reads the raw formats, [`tracker`] turns them into events
 //! (with [`truebit_streams::anonymize`] deciding what may leave), [`eventdb`] and [`logs`] watch
-//! the files, [`state`] remembers what was read and keeps the outbox, [`publisher`] sends it,
-//! [`network`] follows the snapshots, [`http`] shows them.
+//! the files (`folder` lists them), [`state`] remembers what was read and keeps the outbox,
+//! [`publisher`] sends it, [`network`] follows the snapshots, [`http`] shows them.
 
 pub mod eventdb;
 #[cfg(test)]
 mod fixtures_test;
+mod folder;
 pub mod http;
 pub mod logs;
 pub mod network;

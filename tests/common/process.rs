@@ -61,3 +61,16 @@ pub fn spawn_serve_with(mut command: Command) -> (Reaped, mpsc::Receiver<String>
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
 }
+
+/// Runs `keys ARGS` with `cmd`'s settings, and fails the test if it fails; returns its first line
+/// (the public key, where it prints one).
+pub fn keys(mut cmd: Command, args: &[&str]) -> String {
+    let out = run(cmd.arg("keys").args(args));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "keys {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().next().unwrap_or_default().to_string()
+}
