@@ -1,5 +1,7 @@
 //! Contract §9 with two `serve` instances, each folding the whole stream into its own database:
 //! one publishes, the other takes over when it dies, never both, and the numbers never go back.
+//! The takeover runs on one server (the lease needs no cluster); the pause on a three-server
+//! cluster. `tests/cluster.rs` kills servers and instances under load.
 
 mod common;
 
@@ -10,23 +12,24 @@ use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
-use truebit_testkit::{signal, NatsServer, Reaped, SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
+use truebit_testkit::{
+    signal, NatsCluster, NatsServer, Reaped, SIGCONT, SIGKILL, SIGSTOP, SIGTERM,
+};
 
-fn instance(url: &str, dir: &Path, name: &str) -> Reaped {
+/// Starts `serve --instance NAME` on the server(s) at `url`, its streams at `replicas`.
+fn instance(url: &str, dir: &Path, name: &str, replicas: usize) -> Reaped {
     let mut c = command(url, &dir.join(format!("{name}.redb")));
-    c.env("INSTANCE", name);
+    c.env("INSTANCE", name)
+        .env("REPLICAS", replicas.to_string());
     let (child, log) = spawn_serve_with(c);
     // Echoed, so that a failed exit shows what the instance said.
+    let name = name.to_string();
     std::thread::spawn(move || {
         for line in log {
-            eprintln!("[{}] {line}", child_name(&line));
+            eprintln!("[{name}] {line}");
         }
     });
     child
-}
-
-fn child_name(_line: &str) -> &'static str {
-    "serve"
 }
 
 fn heartbeats(node: &str, n: usize) -> Vec<(String, Vec<u8>)> {
@@ -75,10 +78,10 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
     let mut snapshots = client.subscribe("truebit.stats.aggregated").await.unwrap();
     let patience = || tokio::time::Instant::now() + common::PATIENCE;
 
-    let mut a = instance(&url, dir.path(), "a");
+    let mut a = instance(&url, dir.path(), "a", 1);
     let (first, _) = next_snapshot(&mut snapshots, patience()).await;
     assert_eq!(first, "a", "the only instance leads");
-    let b = instance(&url, dir.path(), "b");
+    let b = instance(&url, dir.path(), "b", 1);
     let mut traffic = heartbeats("node-1", 50);
     traffic.extend((0..5).map(|i| {
         (
@@ -125,7 +128,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
         )
     }));
     let more = common::publish(&js, &traffic).await;
-    let mut a = instance(&url, dir.path(), "a");
+    let mut a = instance(&url, dir.path(), "a", 1);
     let deadline = patience();
     let mut b_published = 0;
     while b_published < 15 {
@@ -170,17 +173,21 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
 
 #[tokio::test]
 async fn a_leader_paused_past_its_lease_does_not_publish_when_it_wakes() {
-    let server = NatsServer::start();
+    // On the three-server cluster of §9, where the lease is an R3 KV key.
+    let cluster = NatsCluster::start(3);
+    cluster.wait_for_jetstream(common::PATIENCE).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
+    let url = cluster.urls();
+    let client = async_nats::connect(url.split(',').map(str::to_string).collect::<Vec<_>>())
+        .await
+        .unwrap();
     let js = jetstream::new(client.clone());
     let mut snapshots = client.subscribe("truebit.stats.aggregated").await.unwrap();
     let patience = || tokio::time::Instant::now() + common::PATIENCE;
 
-    let a = instance(&url, dir.path(), "a");
+    let a = instance(&url, dir.path(), "a", 3);
     assert_eq!(next_snapshot(&mut snapshots, patience()).await.0, "a");
-    let b = instance(&url, dir.path(), "b");
+    let b = instance(&url, dir.path(), "b", 3);
     let last = common::publish(&js, &heartbeats("node-1", 10)).await;
     common::wait_folded(&client, last).await;
 
