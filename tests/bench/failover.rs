@@ -20,10 +20,13 @@ fn instance(urls: &str, dir: &Path, name: &str) -> Reaped {
             .env("INSTANCE", name)
             .env("REPLICAS", "3")
             .env("PUBLISH_INTERVAL", "1000")
+            // Two instances on one machine: each takes a free port.
+            .env("HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Warnings and errors pass through, so that an instance that fails says why.
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("the release binary runs"),
     )
