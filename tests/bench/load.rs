@@ -84,6 +84,8 @@ async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
             .env("NATS_URL", server.url())
             .env("DB_PATH", dir.join("load.redb"))
             .env("PUBLISH_INTERVAL", args.interval_ms.to_string())
+            // Beside an aggregator already on 8480 (the quick start's), on a free port.
+            .env("HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -386,6 +386,8 @@ fn serve_catch_up(
             .env("ACK_POLICY", ack_policy)
             .env("REPLICAS", server.replicas.to_string())
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // Beside an aggregator already on 8480 (the quick start's), on a free port.
+            .env("HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
