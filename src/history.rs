@@ -91,8 +91,10 @@ pub async fn follow(
 ) {
     let mut next = 1u64;
     let mut backoff = Backoff::new();
-    // What the stream keeps, in minutes; zero keeps everything.
-    let keep = (stream.cached_info().config.max_age.as_secs() / 60) as Minute;
+    // How many minutes back the stream may still hold a record (rounded up, so that a minute
+    // it holds part of is kept); `None` when it keeps everything.
+    let max_age = stream.cached_info().config.max_age;
+    let keep = (!max_age.is_zero()).then(|| max_age.as_secs().div_ceil(60) as Minute);
     loop {
         let consumer = stream
             .create_consumer(OrderedConfig {
@@ -127,14 +129,17 @@ pub async fn follow(
             match msg {
                 Some(Ok(msg)) => {
                     backoff.reset();
-                    if let Ok(info) = msg.info() {
+                    let stored = msg.info().ok().map(|info| {
                         next = info.stream_sequence + 1;
-                    }
+                        info.published.timestamp().div_euclid(60)
+                    });
                     match HistoryRecord::parse(&msg.payload) {
                         Some(record) => {
                             history.insert(&record);
-                            if let (Some(minute), true) = (record.minute(), keep > 0) {
-                                history.forget_before(minute - keep);
+                            // By the clock the stream expires by, not the publisher's: one
+                            // record with a clock ahead must not wipe what the stream holds.
+                            if let (Some(stored), Some(keep)) = (stored, keep) {
+                                history.forget_before(stored - keep);
                             }
                         }
                         None => tracing::debug!(
