@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
-use truebit_streams::names::{DLQ_STREAM, HEADER_ORIGINAL_SEQ};
+use truebit_streams::names::{DLQ_STREAM, HEADER_ORIGINAL_SEQ, HEADER_ORIGINAL_STREAM};
 use truebit_streams::DeadLetter;
 
 /// Dead letters sent before their acks are awaited and the outbox is trimmed.
@@ -110,7 +110,7 @@ async fn drain(
         }
         let mut acks = Vec::with_capacity(pending.len());
         for (_, dead) in &pending {
-            acks.push(send(js, dead).await?);
+            acks.push(send(js, dead, &dlq.stream).await?);
         }
         for (ack, (_, dead)) in acks.into_iter().zip(&pending) {
             let stored = ack
@@ -140,11 +140,13 @@ async fn drain(
 async fn send(
     js: &jetstream::Context,
     dead: &DeadLetter,
+    stream: &str,
 ) -> Result<jetstream::context::PublishAckFuture, Error> {
     let mut headers = HeaderMap::new();
     for (name, value) in &dead.headers {
         headers.insert(name.as_str(), value.as_str());
     }
+    headers.insert(HEADER_ORIGINAL_STREAM, stream);
     js.publish_with_headers(dead.subject.clone(), headers, dead.payload.clone().into())
         .await
         .map_err(|e| Error::nats("publishing a dead letter", e))
@@ -154,13 +156,31 @@ async fn send(
 /// letters it holds. The set is kept because an instance may fold a refusal only after the
 /// reader passed its dead letter (a standby catching up); it holds a number per dead letter in
 /// the stream (30 days of them by default).
+///
+/// Only the dead letters of this incarnation of `TRUEBIT_EVENTS` count: a stream made again
+/// restarts its sequences at 1 while `TRUEBIT_DLQ` keeps the old one's letters, and taking
+/// those for this stream's would drop its refusals unsent. A letter names its stream
+/// ([`HEADER_ORIGINAL_STREAM`]); one sent before letters did is judged by the time it was
+/// stored, against the time this stream was created.
 #[derive(Clone)]
 pub(crate) struct Followed {
     pub read: watch::Receiver<u64>,
     stored: Arc<Mutex<HashSet<u64>>>,
+    /// This stream's identity, which every dead letter sent here carries.
+    stream: Arc<str>,
+    /// When this stream was created.
+    since: DateTime<Utc>,
 }
 
 impl Followed {
+    /// Whether a dead letter found in `TRUEBIT_DLQ` is about a message of this stream.
+    fn ours(&self, stream: Option<&str>, stored_at: DateTime<Utc>) -> bool {
+        match stream {
+            Some(stream) => stream == &*self.stream,
+            None => stored_at >= self.since,
+        }
+    }
+
     fn holds(&self, seq: u64) -> bool {
         self.stored
             .lock()
@@ -207,28 +227,27 @@ async fn read_to_the_end(
 /// How long a new leader waits for the dead letters already stored to be read.
 const READ_TO_END: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A reader of `TRUEBIT_DLQ` ([`follow`]) and what it has read ([`Followed`]).
-pub(crate) fn follower() -> (watch::Sender<u64>, Followed) {
+/// A reader of `TRUEBIT_DLQ` ([`follow`]) and what it has read ([`Followed`]), for the stream
+/// `stream` ([`truebit_streams::names::stream_identity`]) created at `since`.
+pub(crate) fn follower(stream: &str, since: DateTime<Utc>) -> (watch::Sender<u64>, Followed) {
     let (tx, read) = watch::channel(0);
     (
         tx,
         Followed {
             read,
             stored: Arc::default(),
+            stream: stream.into(),
+            since,
         },
     )
 }
 
-/// Reads `TRUEBIT_DLQ` from its start, for as long as serve runs, noting every dead letter found
-/// there and dropping it from the outbox; `read` carries the last stream sequence read.
-///
-/// A dead letter stored before `since`, when this incarnation of `TRUEBIT_EVENTS` was created,
-/// is about a message of an earlier one (its sequences started again at 1): it is passed over,
-/// or the refusal of this stream's message under the same sequence would never be sent.
+/// Reads `TRUEBIT_DLQ` from its start, for as long as serve runs, noting every dead letter of
+/// this stream found there ([`Followed`]) and dropping it from the outbox; `read` carries the
+/// last stream sequence read.
 pub(crate) async fn follow(
     js: jetstream::Context,
     db: Arc<Projections>,
-    since: DateTime<Utc>,
     read: watch::Sender<u64>,
     followed: Followed,
     mut stop: watch::Receiver<bool>,
@@ -260,14 +279,13 @@ pub(crate) async fn follow(
                 let Ok(m) = m else { continue };
                 let Ok(info) = m.info() else { continue };
                 last = Some(info.stream_sequence);
-                if info.published < since {
+                let header = |name| m.headers.as_ref().and_then(|h| h.get(name));
+                let stream = header(HEADER_ORIGINAL_STREAM).map(|v| v.as_str());
+                if !followed.ours(stream, info.published) {
                     continue;
                 }
-                let original = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(HEADER_ORIGINAL_SEQ))
-                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                let original =
+                    header(HEADER_ORIGINAL_SEQ).and_then(|v| v.as_str().parse::<u64>().ok());
                 seqs.extend(original);
             }
             followed

@@ -628,30 +628,61 @@ async fn a_dead_letter_that_cannot_be_stored_waits_in_the_outbox_across_a_restar
 async fn a_dead_letter_of_an_earlier_events_stream_does_not_stand_for_this_ones() {
     let mut served = Served::start().await;
     served.stop().await.unwrap();
-    // TRUEBIT_EVENTS deleted and made anew restarts its sequences at 1. TRUEBIT_DLQ still holds
-    // a dead letter of the old stream's message 1, stored longer ago than its duplicate window
-    // (so without the `dlq-1` Msg-Id, which the window would no longer hold either).
+    // TRUEBIT_EVENTS deleted and made anew restarts its sequences at 1, while TRUEBIT_DLQ keeps
+    // the old stream's dead letters. Two of them, each without the `dlq-<seq>` Msg-Id (as when
+    // JetStream's duplicate window no longer holds it): one stored before the new stream was
+    // made and sent before letters named their stream, for message 1; one naming the old stream,
+    // for message 2, stored after the new stream was made.
     served.js.delete_stream("TRUEBIT_EVENTS").await.unwrap();
-    let mut old = async_nats::HeaderMap::new();
-    old.insert("Truebit-Dlq-Reason", "malformed");
-    old.insert("Truebit-Original-Subject", "truebit.heartbeat");
-    old.insert("Truebit-Original-Seq", "1");
-    served
-        .js
-        .publish_with_headers("truebit.dlq.malformed", old, "{old".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let old_letter = |seq: &str, stream: Option<&str>| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Truebit-Dlq-Reason", "malformed");
+        h.insert("Truebit-Original-Subject", "truebit.heartbeat");
+        h.insert("Truebit-Original-Seq", seq);
+        if let Some(stream) = stream {
+            h.insert("Truebit-Original-Stream", stream);
+        }
+        h
+    };
+    let js = served.js.clone();
+    let store = |headers: async_nats::HeaderMap| {
+        let js = js.clone();
+        async move {
+            js.publish_with_headers("truebit.dlq.malformed", headers, "{old".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    store(old_letter("1", None)).await;
     // The old database belongs to the old stream (serve refuses it); this one folds the new.
     std::fs::remove_file(&served.db_path).unwrap();
     served.serve();
     served.wait_folded(0).await; // TRUEBIT_EVENTS exists again
+    let created = served
+        .js
+        .get_stream("TRUEBIT_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .created;
+    let this_stream = truebit_streams::names::stream_identity("TRUEBIT_EVENTS", created);
+    store(old_letter(
+        "2",
+        Some("TRUEBIT_EVENTS@2020-01-01T00:00:00+00:00"),
+    ))
+    .await;
 
     let bad = served
-        .publish(&[("truebit.heartbeat".to_string(), b"{new".to_vec())])
+        .publish(&[
+            ("truebit.heartbeat".to_string(), b"{new".to_vec()),
+            ("truebit.heartbeat".to_string(), b"{new".to_vec()),
+        ])
         .await;
-    assert_eq!(bad, 1, "the new stream starts again at 1");
+    assert_eq!(bad, 2, "the new stream starts again at 1");
     let ts = chrono::Utc::now().to_rfc3339();
     let good = served
         .publish(&[msg(
@@ -661,19 +692,28 @@ async fn a_dead_letter_of_an_earlier_events_stream_does_not_stand_for_this_ones(
         .await;
     served.wait_folded(good).await;
 
-    // The refusal of the new message 1 gets a dead letter of its own, beside the old one.
+    // Each refusal of the new stream gets a dead letter of its own, naming the new stream.
     let mut dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while dlq.info().await.unwrap().state.messages < 2 {
+    while dlq.info().await.unwrap().state.messages < 4 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the new stream's refusal was taken for the old stream's and never sent"
+            "a refusal of the new stream was taken for the old stream's and never sent"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let m = dlq.get_raw_message(2).await.unwrap();
-    assert_eq!(m.headers.get("Truebit-Original-Seq").unwrap().as_str(), "1");
-    assert_eq!(m.payload.as_ref(), b"{new");
+    let mut sent = Vec::new();
+    for seq in 3..=4 {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        assert_eq!(m.payload.as_ref(), b"{new");
+        assert_eq!(
+            m.headers.get("Truebit-Original-Stream").unwrap().as_str(),
+            this_stream
+        );
+        sent.push(m.headers.get("Truebit-Original-Seq").unwrap().to_string());
+    }
+    sent.sort();
+    assert_eq!(sent, ["1", "2"]);
     served.stop().await.unwrap();
     let db = Projections::open_existing(&served.db_path).unwrap();
     assert_eq!(db.pending_dead_letter_count().unwrap(), 0);

@@ -132,7 +132,8 @@ pub async fn serve(
         .map_err(|e| Error::nats("reading stream TRUEBIT_EVENTS", e))?
         .clone();
     let target = info.state.last_sequence;
-    check_belongs(&db, &topology::stream_identity(&info), applied, target).await?;
+    let identity = topology::stream_identity(&info);
+    check_belongs(&db, &identity, applied, target).await?;
     if info.state.messages > 0 && applied + 1 < info.state.first_sequence {
         return Err(Error::CheckFailed(format!(
             "{} has folded up to sequence {applied}, but TRUEBIT_EVENTS now starts at {}: sequences {}..={} expired before they were folded; rebuild with `truebit-federation replay`, which starts from a checkpoint",
@@ -238,13 +239,12 @@ pub async fn serve(
         applied_tx,
         metrics.clone(),
     ));
-    let (dlq_read_tx, dlq_read) = crate::dead_letters::follower();
+    let (dlq_read_tx, dlq_read) = crate::dead_letters::follower(&identity, info.created);
     // Stopped only after the last dead letters went out: a leader reads its own before it ends.
     let (follow_stop_tx, follow_stop) = watch::channel(false);
     let following_dlq = tokio::spawn(crate::dead_letters::follow(
         js.clone(),
         db.clone(),
-        info.created,
         dlq_read_tx,
         dlq_read.clone(),
         follow_stop,

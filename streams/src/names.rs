@@ -62,6 +62,9 @@ pub const HEADER_DLQ_PATH: &str = "Truebit-Dlq-Path";
 pub const HEADER_DLQ_DETAIL: &str = "Truebit-Dlq-Detail";
 pub const HEADER_ORIGINAL_SUBJECT: &str = "Truebit-Original-Subject";
 pub const HEADER_ORIGINAL_SEQ: &str = "Truebit-Original-Seq";
+/// On a dead letter: the incarnation of `TRUEBIT_EVENTS` ([`stream_identity`]) that its
+/// `Truebit-Original-Seq` counts in, since a stream made again restarts its sequences at 1.
+pub const HEADER_ORIGINAL_STREAM: &str = "Truebit-Original-Stream";
 
 /// The object name of the checkpoint at `seq`; names sort as their sequences do.
 pub fn checkpoint_name(seq: u64) -> String {
