@@ -590,15 +590,7 @@ async fn a_dead_letter_that_cannot_be_stored_waits_in_the_outbox_across_a_restar
     // The next start recreates TRUEBIT_DLQ and sends what waited.
     served.serve();
     served.wait_folded(good).await; // the topology exists again
-    let mut dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while dlq.info().await.unwrap().state.messages < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox was not sent"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let mut dlq = common::wait_for_dead_letters(&served.js, 1, "the outbox was not sent").await;
     let m = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(m.subject.as_str(), "truebit.dlq.malformed");
     assert_eq!(
@@ -693,15 +685,12 @@ async fn a_dead_letter_of_an_earlier_events_stream_does_not_stand_for_this_ones(
     served.wait_folded(good).await;
 
     // Each refusal of the new stream gets a dead letter of its own, naming the new stream.
-    let mut dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while dlq.info().await.unwrap().state.messages < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a refusal of the new stream was taken for the old stream's and never sent"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let dlq = common::wait_for_dead_letters(
+        &served.js,
+        4,
+        "a refusal of the new stream was taken for the old stream's and never sent",
+    )
+    .await;
     let mut sent = Vec::new();
     for seq in 3..=4 {
         let m = dlq.get_raw_message(seq).await.unwrap();

@@ -734,12 +734,7 @@ async fn a_signed_agent_is_admitted_by_an_enforcing_aggregator() {
         .last_sequence;
     served.wait_folded(seq).await;
     // Exactly one dead letter, the unsigned control; every one of the agent's events folded.
-    let mut dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while dlq.info().await.unwrap().state.messages < 1 {
-        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut dlq = common::wait_for_dead_letters(&served.js, 1, "no dead letter").await;
     assert_eq!(dlq.info().await.unwrap().state.messages, 1);
     let dead = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(dead.subject.as_str(), "truebit.dlq.unauthorized");

@@ -334,15 +334,8 @@ async fn no_field_the_contract_does_not_name_reaches_a_dead_letter_or_the_log() 
     common::wait_folded(&client, last).await;
 
     // Every refusal has its dead letter in TRUEBIT_DLQ, through the outbox.
-    let mut dlq = js.get_stream("TRUEBIT_DLQ").await.unwrap();
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while dlq.info().await.unwrap().state.messages < messages.len() as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dead letters missing"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let dlq =
+        common::wait_for_dead_letters(&js, messages.len() as u64, "dead letters missing").await;
     signal(&serve, SIGTERM);
     let mut serve = serve;
     assert!(serve.wait().unwrap().success());

@@ -287,3 +287,19 @@ pub async fn http_get(base: &str, path: &str, accept: Option<&str>) -> HttpAnswe
         body: body.to_string(),
     }
 }
+
+/// Waits until `TRUEBIT_DLQ` holds at least `count` dead letters, failing with `missing` after
+/// [`PATIENCE`]; returns the stream, to read them.
+pub async fn wait_for_dead_letters(
+    js: &jetstream::Context,
+    count: u64,
+    missing: &str,
+) -> jetstream::stream::Stream {
+    let mut dlq = js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while dlq.info().await.unwrap().state.messages < count {
+        assert!(tokio::time::Instant::now() < deadline, "{missing}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dlq
+}
