@@ -129,10 +129,14 @@ pub async fn follow(
             match msg {
                 Some(Ok(msg)) => {
                     backoff.reset();
-                    let stored = msg.info().ok().map(|info| {
-                        next = info.stream_sequence + 1;
-                        info.published.timestamp().div_euclid(60)
-                    });
+                    // The minute JetStream stored it, by the clock its max_age expires by.
+                    let stored = match msg.info() {
+                        Ok(info) => {
+                            next = info.stream_sequence + 1;
+                            Some(info.published.timestamp().div_euclid(60))
+                        }
+                        Err(_) => None,
+                    };
                     match HistoryRecord::parse(&msg.payload) {
                         Some(record) => {
                             history.insert(&record);
