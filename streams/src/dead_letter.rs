@@ -82,7 +82,7 @@ fn kept_body(reason: Reason, original_subject: &str, original: &[u8]) -> Vec<u8>
         Reason::Schema | Reason::Clock | Reason::Unauthorized | Reason::RateLimited => {
             // These follow the JSON checks, so the body is an object; were it not, nothing of it
             // is kept rather than too much.
-            crate::redact::contract_fields(original).unwrap_or_default()
+            crate::redact::contract_fields(original_subject, original).unwrap_or_default()
         }
     }
 }

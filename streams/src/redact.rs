@@ -3,16 +3,14 @@
 //! else, so that today's monitor's `blockHash` or exact task counts never reach a dead letter.
 
 use crate::json;
+use crate::subjects::{event_type, EventType};
 use std::borrow::Cow;
 
-/// The envelope's fields that §3 names: its own, and the heartbeat's, which the plan's
-/// pseudocode reads at the top level.
-const ENVELOPE_FIELDS: &[&str] = &[
-    "version",
-    "type",
-    "timestamp",
-    "nodeId",
-    "data",
+/// The envelope's own fields (contract §3), kept for every type.
+const ENVELOPE_FIELDS: &[&str] = &["version", "type", "timestamp", "nodeId", "data"];
+
+/// The heartbeat's fields, which the plan's pseudocode reads at the top level too.
+const HEARTBEAT_FIELDS: &[&str] = &[
     "status",
     "totalTasksBucket",
     "activeTasksBucket",
@@ -20,60 +18,82 @@ const ENVELOPE_FIELDS: &[&str] = &[
     "locationBucket",
 ];
 
-/// Every `data` field §3 names for any type: a dead letter may be refused for carrying the
-/// wrong type, so it keeps what any type would have read.
-const DATA_FIELDS: &[&str] = &[
-    "taskIdHash",
-    "chainId",
-    "taskType",
-    "success",
-    "status",
-    "executionTimeBucket",
-    "gasUsedBucket",
-    "cached",
-    "invoiceIdHash",
-    "stepsComputedBucket",
-    "memoryUsedBucket",
-    "operation",
-    "totalTasksBucket",
-    "activeTasksBucket",
-    "continentBucket",
-    "locationBucket",
-];
+/// The `data` fields §3 names for each type, and for a heartbeat also the envelope's top level:
+/// nothing a node puts in a field that only another type names reaches a dead letter.
+fn fields_of(event: Option<EventType>) -> (&'static [&'static str], &'static [&'static str]) {
+    let data: &[&str] = match event {
+        Some(EventType::TaskReceived) => &["taskIdHash", "chainId", "taskType"],
+        Some(EventType::TaskCompleted) => &[
+            "taskIdHash",
+            "success",
+            "status",
+            "executionTimeBucket",
+            "gasUsedBucket",
+            "cached",
+        ],
+        Some(EventType::Heartbeat) => HEARTBEAT_FIELDS,
+        Some(EventType::InvoiceCreated) => &[
+            "invoiceIdHash",
+            "taskIdHash",
+            "chainId",
+            "stepsComputedBucket",
+            "memoryUsedBucket",
+            "operation",
+        ],
+        Some(EventType::NodeJoined | EventType::NodeLeft) => &["status"],
+        None => &[],
+    };
+    let top = match event {
+        Some(EventType::Heartbeat) => HEARTBEAT_FIELDS,
+        _ => &[],
+    };
+    (top, data)
+}
 
 /// What a named field keeps in place of an object: its content is named by no one.
 const OBJECT: &str = "\"<object>\"";
 /// What a named field keeps in place of an array.
 const ARRAY: &str = "\"<array>\"";
 
-/// The JSON object a dead letter keeps of `payload`: only the fields contract §3 names, in the
-/// order sent, every value as sent byte for byte (a number keeps its spelling, a string its
-/// escapes). `data`, when it is an object, keeps only the data fields §3 names for any type. A
-/// named field whose value is an object or an array (other than `data`) keeps the string
-/// `"<object>"` or `"<array>"` instead, so that no unnamed content rides through a named one.
+/// The JSON object a dead letter keeps of `payload`, a node's message on `subject`: only the
+/// fields contract §3 names for the type that `subject` carries, in the order sent, every value
+/// as sent byte for byte (a number keeps its spelling, a string its escapes). `data`, when it is
+/// an object, keeps only that type's data fields; a subject that carries no node event keeps
+/// none of them. A named field whose value is an object or an array (other than `data`) keeps
+/// the string `"<object>"` or `"<array>"` instead, so that no unnamed content rides through a
+/// named one.
 ///
 /// `None` when the payload is not a JSON object as contract §4 reads it (not UTF-8, not JSON,
 /// a duplicate key, nesting deeper than 128, …): the caller keeps the first 1 KiB as sent, as
 /// for `malformed`. An operator event's dead letter keeps its first 1 KiB too (§4); this is for
 /// node messages.
-pub fn contract_fields(payload: &[u8]) -> Option<Vec<u8>> {
+pub fn contract_fields(subject: &str, payload: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(payload).ok()?;
-    keep(text, ENVELOPE_FIELDS, true).map(String::into_bytes)
+    let (top, data) = fields_of(event_type(subject));
+    keep(
+        text,
+        &|key| ENVELOPE_FIELDS.contains(&key) || top.contains(&key),
+        Some(data),
+    )
+    .map(String::into_bytes)
 }
 
-/// The object `text` holds, with only the `named` fields; `None` when it is not an object.
-fn keep(text: &str, named: &[&str], envelope: bool) -> Option<String> {
+/// The object `text` holds, with only the fields `named` accepts; `data`, in an envelope, is
+/// filtered by `data_fields`. `None` when `text` is not an object.
+fn keep(text: &str, named: &dyn Fn(&str) -> bool, data_fields: Option<&[&str]>) -> Option<String> {
     let members = json::members(text).ok()??;
     let mut out = String::from("{");
     for (key, span) in members {
-        if !named.contains(&key.as_str()) {
+        if !named(key.as_str()) {
             continue;
         }
         let raw = &text[span];
-        let value: Cow<str> = match raw.as_bytes().first() {
-            Some(b'{') if envelope && key == "data" => keep(raw, DATA_FIELDS, false)?.into(),
-            Some(b'{') => OBJECT.into(),
-            Some(b'[') => ARRAY.into(),
+        let value: Cow<str> = match (raw.as_bytes().first(), data_fields) {
+            (Some(b'{'), Some(fields)) if key == "data" => {
+                keep(raw, &|k| fields.contains(&k), None)?.into()
+            }
+            (Some(b'{'), _) => OBJECT.into(),
+            (Some(b'['), _) => ARRAY.into(),
             _ => raw.into(),
         };
         if out.len() > 1 {
@@ -92,12 +112,13 @@ fn keep(text: &str, named: &[&str], envelope: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subjects::{HEARTBEAT, INVOICES_CREATED, TASKS_COMPLETED, TASKS_RECEIVED};
     use serde_json::{json, Value};
 
     const TASK: &str = "dc5bd914475128116974a3e7e7c848deca52b87aea9f8f3e31f7511b993a582b";
 
-    fn kept(payload: &str) -> Value {
-        let out = contract_fields(payload.as_bytes()).expect("an object");
+    fn kept(subject: &str, payload: &str) -> Value {
+        let out = contract_fields(subject, payload.as_bytes()).expect("an object");
         serde_json::from_slice(&out).expect("the kept body is JSON")
     }
 
@@ -149,19 +170,27 @@ mod tests {
             "invoiceId\"",
             "\"ip\"",
         ];
-        for message in [task, heartbeat, invoice] {
+        for (subject, message) in [
+            (TASKS_COMPLETED, task),
+            (HEARTBEAT, heartbeat),
+            (INVOICES_CREATED, invoice),
+        ] {
             let payload = message.to_string();
-            let out = String::from_utf8(contract_fields(payload.as_bytes()).unwrap()).unwrap();
+            let out =
+                String::from_utf8(contract_fields(subject, payload.as_bytes()).unwrap()).unwrap();
             for canary in canaries {
                 assert!(!out.contains(canary), "{canary} leaked: {out}");
             }
             // Every named field, and nothing else, with the value it had.
             let kept: Value = serde_json::from_str(&out).unwrap();
             let mut expected = message.clone();
+            let (top_fields, data_fields) = fields_of(event_type(subject));
             let top = expected.as_object_mut().unwrap();
-            top.retain(|k, _| ENVELOPE_FIELDS.contains(&k.as_str()));
+            top.retain(|k, _| {
+                ENVELOPE_FIELDS.contains(&k.as_str()) || top_fields.contains(&k.as_str())
+            });
             if let Some(Value::Object(data)) = top.get_mut("data") {
-                data.retain(|k, _| DATA_FIELDS.contains(&k.as_str()));
+                data.retain(|k, _| data_fields.contains(&k.as_str()));
             }
             assert_eq!(kept, expected);
             let keys =
@@ -180,17 +209,21 @@ mod tests {
         let payload = r#"{"version":{"secret":"CANARY-1"},"nodeId":["CANARY-2"],
             "data":{"taskIdHash":{"a":"CANARY-3"},"chainId":[1,2],"status":"ok"},
             "status":{"nested":{"deeper":"CANARY-4"}}}"#;
-        let out = contract_fields(payload.as_bytes()).unwrap();
+        let out = contract_fields(HEARTBEAT, payload.as_bytes()).unwrap();
         assert!(!String::from_utf8_lossy(&out).contains("CANARY"));
         assert_eq!(
-            kept(payload),
+            kept(HEARTBEAT, payload),
             json!({"version": "<object>", "nodeId": "<array>",
-                "data": {"taskIdHash": "<object>", "chainId": "<array>", "status": "ok"},
-                "status": "<object>"})
+                "data": {"status": "ok"}, "status": "<object>"})
+        );
+        assert_eq!(
+            kept(TASKS_RECEIVED, payload),
+            json!({"version": "<object>", "nodeId": "<array>",
+                "data": {"taskIdHash": "<object>", "chainId": "<array>"}})
         );
         // `data` is filtered as data only at the top: an array there is a placeholder too.
         assert_eq!(
-            kept(r#"{"data":["CANARY"],"type":"heartbeat"}"#),
+            kept(HEARTBEAT, r#"{"data":["CANARY"],"type":"heartbeat"}"#),
             json!({"data": "<array>", "type": "heartbeat"})
         );
     }
@@ -198,22 +231,55 @@ mod tests {
     #[test]
     fn values_are_kept_byte_for_byte() {
         // The operator sees what the node sent: the number as spelled, the escapes as written.
-        let payload = r#"{"type":"task_received","data":{"chainId":18446744073709551616,"taskType":"\u0057ASM","cached":1e2,"taskIdHash":null},"timestamp":"2026-11-02 08:00:00Z"}"#;
-        let out = String::from_utf8(contract_fields(payload.as_bytes()).unwrap()).unwrap();
-        assert_eq!(out, payload);
-        // Data fields are kept by name, not by type: an operator may need to see why a message
-        // of one type was refused for carrying another's.
-        let stray = r#"{"type":"heartbeat","data":{"taskIdHash":"x","operation":"y","z":1}}"#;
-        assert_eq!(
-            kept(stray),
-            json!({"type": "heartbeat", "data": {"taskIdHash": "x", "operation": "y"}})
-        );
+        let payload = r#"{"type":"task_received","data":{"chainId":18446744073709551616,"taskType":"\u0057ASM","taskIdHash":null},"timestamp":"2026-11-02 08:00:00Z"}"#;
+        let out = contract_fields(TASKS_RECEIVED, payload.as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), payload);
+    }
+
+    /// Contract §4: a field that §3 names for another type than the subject's is dropped too,
+    /// so that nothing a node puts there reaches the dead letters.
+    #[test]
+    fn a_field_named_only_for_another_type_is_dropped() {
+        let cases = [
+            (
+                TASKS_RECEIVED,
+                r#"{"type":"task_received","data":{"taskIdHash":"t","success":"CANARY","cached":"CANARY","operation":"CANARY"},"continentBucket":"CANARY"}"#,
+                json!({"type": "task_received", "data": {"taskIdHash": "t"}}),
+            ),
+            (
+                INVOICES_CREATED,
+                r#"{"type":"invoice_created","data":{"invoiceIdHash":"i","taskType":"CANARY","status":"CANARY","executionTimeBucket":"CANARY"}}"#,
+                json!({"type": "invoice_created", "data": {"invoiceIdHash": "i"}}),
+            ),
+            (
+                HEARTBEAT,
+                r#"{"type":"heartbeat","data":{"status":"online","taskIdHash":"CANARY","chainId":"CANARY"},"taskType":"CANARY"}"#,
+                json!({"type": "heartbeat", "data": {"status": "online"}}),
+            ),
+            (
+                "truebit.nodes.joined",
+                r#"{"type":"node_joined","data":{"status":"online","continentBucket":"CANARY"},"status":"CANARY"}"#,
+                json!({"type": "node_joined", "data": {"status": "online"}}),
+            ),
+            (
+                "truebit.unknown",
+                r#"{"type":"heartbeat","data":{"status":"CANARY"}}"#,
+                json!({"type": "heartbeat", "data": {}}),
+            ),
+        ];
+        for (subject, payload, expected) in cases {
+            assert_eq!(kept(subject, payload), expected, "{subject}");
+        }
     }
 
     #[test]
     fn escaped_keys_are_read_as_the_keys_they_spell() {
         // `node\u0049d` is `nodeId` to every reader, so it is kept, under its plain name.
-        let out = contract_fields(br#"{"node\u0049d":"n","\u0062lockHash":"CANARY"}"#).unwrap();
+        let out = contract_fields(
+            HEARTBEAT,
+            br#"{"node\u0049d":"n","\u0062lockHash":"CANARY"}"#,
+        )
+        .unwrap();
         assert_eq!(out, br#"{"nodeId":"n"}"#);
     }
 
@@ -229,13 +295,13 @@ mod tests {
             br#"{"a":"\ud800"}"#,
             br#"{"a":1e400}"#,
         ] {
-            assert_eq!(contract_fields(payload), None, "{payload:?}");
+            assert_eq!(contract_fields(HEARTBEAT, payload), None, "{payload:?}");
         }
         let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
         assert_eq!(
-            contract_fields(format!(r#"{{"x":{deep}}}"#).as_bytes()),
+            contract_fields(HEARTBEAT, format!(r#"{{"x":{deep}}}"#).as_bytes()),
             None
         );
-        assert_eq!(contract_fields(b" {} "), Some(b"{}".to_vec()));
+        assert_eq!(contract_fields(HEARTBEAT, b" {} "), Some(b"{}".to_vec()));
     }
 }
