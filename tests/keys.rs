@@ -279,6 +279,106 @@ async fn enforced_traffic_through_three_sigkills_ends_exact_and_a_rebuild_admits
 }
 
 #[tokio::test]
+async fn a_stored_operator_event_published_again_changes_nothing_live_or_in_a_rebuild() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("aggregator.redb");
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let admin_seed = dir.path().join("admin.seed");
+    let admin = keys(
+        &url,
+        &db,
+        &["new-admin", "--out", admin_seed.to_str().unwrap()],
+    );
+    let (serve, log) = spawn_serve_with(serve_command(&url, &db, &admin));
+    let seed_arg = admin_seed.to_str().unwrap();
+    let node_seed = dir.path().join("node.seed");
+    let node_key = keys(
+        &url,
+        &db,
+        &[
+            "issue",
+            "--name",
+            "n",
+            "--out",
+            node_seed.to_str().unwrap(),
+            "--admin-seed",
+            seed_arg,
+        ],
+    );
+    keys(&url, &db, &["mode", "audit", "--admin-seed", seed_arg]);
+    keys(&url, &db, &["mode", "enforce", "--admin-seed", seed_arg]);
+    keys(&url, &db, &["revoke", &node_key, "--admin-seed", seed_arg]);
+
+    // Anyone who can read the stream holds these validly signed events, and may publish them
+    // again: the key's issue after its revocation, and the mode before `enforce`.
+    let events = js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let mut copies = Vec::new();
+    for seq in 1..=4 {
+        let m = events.get_raw_message(seq).await.unwrap();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        let wanted = body["type"] == "key_issued" || body["data"]["mode"] == "audit";
+        if wanted {
+            let mut headers = async_nats::HeaderMap::new();
+            for name in ["Truebit-Key", "Truebit-Signature"] {
+                headers.insert(name, m.headers.get(name).unwrap().as_str());
+            }
+            copies.push((m.subject.to_string(), m.payload.to_vec(), headers));
+        }
+    }
+    assert_eq!(copies.len(), 2, "the issue and the audit as stored");
+    let mut messages = copies;
+    messages.push(signed(Some(&seed(&node_seed)), "node-a"));
+    let last = truebit_testkit::publish_all_with_headers(&js, messages).await;
+    common::wait_folded(&client, last).await;
+
+    let out = run(command(&url, &db).args(["keys", "list", "--json"]));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        listed["mode"], "enforce",
+        "an old audit does not undo enforce"
+    );
+    assert!(
+        !listed["keys"][0]["revokedAt"].is_null(),
+        "a copy of key_issued does not end the revocation: {listed}"
+    );
+    let dlq = common::wait_for_dead_letters(&js, 3, "the two copies and the revoked node").await;
+    for seq in 1..=3 {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        assert_eq!(
+            m.headers.get("Truebit-Dlq-Reason").unwrap().as_str(),
+            "unauthorized"
+        );
+    }
+    let mut serve = serve;
+    signal(&serve, SIGTERM);
+    let status = serve.wait().unwrap();
+    let said: Vec<String> = log.try_iter().collect();
+    assert!(status.success(), "{status}: {}", said.join("\n"));
+    assert_eq!(
+        Projections::open_existing(&db)
+            .unwrap()
+            .node("node-a")
+            .unwrap(),
+        None,
+        "the revoked key's message was refused"
+    );
+
+    // A rebuild from the stream decides the same, to the record.
+    let mut verify = command(&url, &db);
+    verify.env("ADMIN_KEY", &admin).args(["replay", "--verify"]);
+    let out = run(&mut verify);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
 async fn in_audit_everything_is_folded_and_what_enforce_would_refuse_is_counted() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 //! as the live fold did.
 
 use crate::records::KeyRecord;
-use truebit_streams::{KeyGrant, Minute, PublicKey, Reason, Signer};
+use truebit_streams::{KeyGrant, Minute, Operator, PublicKey, Reason, Signer, MAX_CLOCK_SKEW_SECS};
 
 /// What the registry says of one node message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,16 +34,22 @@ pub(crate) fn admit(
     stored: Minute,
 ) -> Verdict {
     let unauthorized = |detail: String| Verdict::Refused(Reason::Unauthorized, detail);
-    let key = match signer {
-        Signer::Unsigned => return unauthorized("the message is not signed".into()),
-        Signer::Malformed(why) => return unauthorized((*why).into()),
-        Signer::Forged(key) | Signer::Verified(key) => key,
+    let bad_signature = match signer {
+        Signer::Verified(_) => None,
+        Signer::Unsigned => Some("the message is not signed".to_string()),
+        Signer::Malformed { why, .. } => Some((*why).to_string()),
+        Signer::Forged(key) => Some(format!("the signature does not verify with key {key}")),
     };
-    let Some(record) = record else {
-        return unauthorized(format!("key {key} is not in the registry"));
+    // A message that names a key of the registry counts under it whatever is wrong with its
+    // signature, so that the operator sees whom someone tries to forge (contract §7).
+    let (Some(key), Some(record)) = (signer.key(), record) else {
+        return unauthorized(bad_signature.unwrap_or_else(|| match signer.key() {
+            Some(key) => format!("key {key} is not in the registry"),
+            None => "the message names no key".into(),
+        }));
     };
-    let verdict = if matches!(signer, Signer::Forged(_)) {
-        unauthorized(format!("the signature does not verify with key {key}"))
+    let verdict = if let Some(why) = bad_signature {
+        unauthorized(why)
     } else if record.revoked_at.is_some() {
         unauthorized(format!("key {key} ({}) is revoked", record.name))
     } else if !record.permissions.publish {
@@ -92,7 +98,7 @@ pub(crate) fn authorize_operator(
     let key = match signer {
         Signer::Verified(key) => key,
         Signer::Unsigned => return Err("an operator event must be signed by an admin key".into()),
-        Signer::Malformed(why) => return Err((*why).into()),
+        Signer::Malformed { why, .. } => return Err((*why).into()),
         Signer::Forged(key) => return Err(format!("the signature does not verify with key {key}")),
     };
     if root == Some(key) {
@@ -108,6 +114,28 @@ pub(crate) fn authorize_operator(
             r.name
         )),
         Some(_) => Ok(()),
+    }
+}
+
+/// Whether an operator event that an admin key signed may still apply (contract §7): it must be
+/// fresh, stored within [`MAX_CLOCK_SKEW_SECS`] after its `timestamp` (later than that is §4's
+/// `clock`, checked before), and newer, to the millisecond, than the last event applied to its
+/// target (`last_applied`). So a stored copy published again changes nothing, in the live fold
+/// and in a replay alike, while a new event (a re-issue after a revocation) still applies.
+pub(crate) fn in_order(op: &Operator, last_applied: Option<i64>) -> Result<(), String> {
+    let behind_ms = op.stored_ms - op.at_ms;
+    if behind_ms > MAX_CLOCK_SKEW_SECS * 1000 {
+        return Err(format!(
+            "its timestamp is {} s before JetStream stored it, and an operator event must be stored within {MAX_CLOCK_SKEW_SECS} s of its timestamp: a copy published again changes nothing; publish a new event",
+            behind_ms / 1000
+        ));
+    }
+    match last_applied {
+        Some(last) if op.at_ms <= last => Err(format!(
+            "an operator event for {} with a timestamp at or after this one's was applied before: a copy published again changes nothing; publish a new event",
+            op.kind.target().as_str()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -204,7 +232,10 @@ mod tests {
         let cases: Vec<(Signer, Option<KeyRecord>, &str)> = vec![
             (Signer::Unsigned, None, "not signed"),
             (
-                Signer::Malformed("Truebit-Key without Truebit-Signature"),
+                Signer::Malformed {
+                    key: None,
+                    why: "Truebit-Key without Truebit-Signature",
+                },
                 None,
                 "without",
             ),

@@ -100,8 +100,12 @@ impl Projections {
                         tables::SCHEMA_VERSION.to_le_bytes().as_slice(),
                     )?;
                 }
-                // Version 3 only added the outbox, which is created below.
-                Some(2) => {
+                // Versions 3 and 4 only added tables, which are created below. Version 4's
+                // operator clock cannot be derived without the stream, so a database that folded
+                // an operator event must be rebuilt for it, lest a replay decide otherwise.
+                Some(2 | 3)
+                    if read_u64(&meta_table, meta::OPERATOR_MESSAGES)?.unwrap_or(0) == 0 =>
+                {
                     meta_table.insert(
                         meta::SCHEMA_VERSION,
                         tables::SCHEMA_VERSION.to_le_bytes().as_slice(),

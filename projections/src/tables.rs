@@ -13,8 +13,10 @@ use std::fmt::Debug;
 /// The layout these definitions describe. Bump it with any change to a table or a record.
 /// Version 2 moved tasks and invoices into hot tables and sealed runs ([`crate::runs`]); version
 /// 3 added the dead-letter outbox and the key registry (`keys`, `admission`, three meta keys),
-/// all of which start empty, so an older database is upgraded in place.
-pub const SCHEMA_VERSION: u64 = 3;
+/// all of which start empty, so an older database is upgraded in place. Version 4 added
+/// `operator_clock`, which an older database can take in place only while no operator event
+/// was ever folded into it (`crate::store` decides).
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Small named values: see [`meta`].
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -63,6 +65,10 @@ pub const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// Outcome (`admitted`, `unauthorized`, `rate_limited`) → node messages checked with it, in
 /// `audit` and `enforce`.
 pub const ADMISSION: TableDefinition<&str, u64> = TableDefinition::new("admission");
+/// Target of operator events (a public key, or `mode`) → the `timestamp`, in milliseconds, of the
+/// last one applied to it: a later event for it must be newer (contract §7), so that a replayed
+/// copy of an old one changes nothing.
+pub const OPERATOR_CLOCK: TableDefinition<&str, i64> = TableDefinition::new("operator_clock");
 
 /// Original stream sequence → a dead letter (postcard) not yet known to be in `TRUEBIT_DLQ`: the
 /// outbox. Written by the commit that folds the refusal, emptied as the service publishes. Not
@@ -104,6 +110,7 @@ pub fn each(v: &mut impl Visit) -> Result<(), Error> {
     v.table(EVENTS, Role::State)?;
     v.table(KEYS, Role::State)?;
     v.table(ADMISSION, Role::State)?;
+    v.table(OPERATOR_CLOCK, Role::State)?;
     v.table(OUTBOX, Role::Outbox)?;
     Ok(())
 }

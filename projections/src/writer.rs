@@ -1,6 +1,6 @@
 //! One batch's write transaction: the fold applied to the records it touches.
 
-use crate::admission::{self, admit, authorize_operator, Verdict};
+use crate::admission::{self, admit, authorize_operator, in_order, Verdict};
 use crate::counters::{buckets_of, Counters};
 use crate::fold;
 use crate::records::{decode, encode, InvoiceRecord, KeyRecord, NodeRecord, TaskRecord};
@@ -35,6 +35,7 @@ pub(crate) struct Writer<'t, 'l> {
     event_table: Table<'t, &'static str, u64>,
     keys: Table<'t, &'static str, &'static [u8]>,
     admission_table: Table<'t, &'static str, u64>,
+    operator_clock: Table<'t, &'static str, i64>,
     pub(crate) last_seq: u64,
     node_count: u64,
     publisher_count: u64,
@@ -45,6 +46,8 @@ pub(crate) struct Writer<'t, 'l> {
     rejections: HashMap<&'static str, u64>,
     events: HashMap<&'static str, u64>,
     key_overlay: HashMap<String, Touched<KeyRecord>>,
+    /// The operator clock's entries this batch moved: target → the last applied `timestamp` (ms).
+    clock_overlay: HashMap<String, i64>,
     /// Node messages checked in `audit` and `enforce`, by outcome.
     admission: HashMap<&'static str, u64>,
     mode: Mode,
@@ -165,6 +168,7 @@ impl<'t, 'l> Writer<'t, 'l> {
             event_table: txn.open_table(tables::EVENTS)?,
             keys: txn.open_table(tables::KEYS)?,
             admission_table: txn.open_table(tables::ADMISSION)?,
+            operator_clock: txn.open_table(tables::OPERATOR_CLOCK)?,
             last_seq,
             node_count,
             publisher_count,
@@ -175,6 +179,7 @@ impl<'t, 'l> Writer<'t, 'l> {
             rejections: HashMap::new(),
             events: HashMap::new(),
             key_overlay: HashMap::new(),
+            clock_overlay: HashMap::new(),
             admission: HashMap::new(),
             mode,
             root,
@@ -292,8 +297,14 @@ impl<'t, 'l> Writer<'t, 'l> {
             Some(key) => self.key(key.as_str())?.now.clone(),
             None => None,
         };
+        let target = op.kind.target();
+        let last_applied = match self.clock_overlay.get(target.as_str()) {
+            Some(at) => Some(*at),
+            None => self.operator_clock.get(target.as_str())?.map(|v| v.value()),
+        };
         if let Err(detail) =
             authorize_operator(&input.signer, self.root.as_ref(), signer_record.as_ref())
+                .and_then(|()| in_order(op, last_applied))
         {
             let dead_letter = (self.outbox_mode == Outbox::Record).then(|| {
                 let rejection = Rejection::new(Reason::Unauthorized, detail);
@@ -308,6 +319,8 @@ impl<'t, 'l> Writer<'t, 'l> {
             );
         }
         *self.events.entry(op.kind.type_name()).or_default() += 1;
+        self.clock_overlay
+            .insert(target.as_str().to_string(), op.at_ms);
         match &op.kind {
             OperatorKind::KeyIssued(grant) => {
                 let k = self.key(grant.key.as_str())?;
@@ -429,6 +442,13 @@ impl<'t, 'l> Writer<'t, 'l> {
             if let Some(record) = &k.now {
                 self.keys.insert(key.as_str(), encode(record).as_slice())?;
             }
+        }
+        let mut clock: Vec<_> = std::mem::take(&mut self.clock_overlay)
+            .into_iter()
+            .collect();
+        clock.sort_unstable();
+        for (target, at_ms) in clock {
+            self.operator_clock.insert(target.as_str(), at_ms)?;
         }
         for (table, counts) in [
             (&mut self.rejection_table, &self.rejections),

@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use truebit_projections::{Input, Outbox, Projections};
 use truebit_streams::{
     Event, EventKind, Heartbeat, KeyGrant, Message, Minute, Mode, Operator, OperatorKind,
@@ -25,9 +26,21 @@ fn key() -> PublicKey {
     SigningKey::generate().public_key().clone()
 }
 
+/// Each operator event a test makes is a new one: a millisecond later than the one before, and
+/// stored as it was written.
 fn operator(kind: OperatorKind) -> Message {
+    static CLOCK: AtomicI64 = AtomicI64::new(T0 * 60_000);
+    let at_ms = CLOCK.fetch_add(1, Ordering::Relaxed);
+    stored_copy(kind, at_ms, at_ms)
+}
+
+/// An operator event written at `at_ms` and stored at `stored_ms`: a copy of an old event when
+/// `at_ms` is another event's.
+fn stored_copy(kind: OperatorKind, at_ms: i64, stored_ms: i64) -> Message {
     Message::Operator(Operator {
-        minute: T0,
+        minute: at_ms.div_euclid(60_000),
+        at_ms,
+        stored_ms,
         kind,
         sent: b"{\"as\":\"sent\"}".to_vec(),
     })
@@ -121,7 +134,10 @@ fn given(net: &mut Net, case: &str) -> Signer {
     let k = key();
     match case {
         "unsigned" => Signer::Unsigned,
-        "malformed headers" => Signer::Malformed("Truebit-Key without Truebit-Signature"),
+        "malformed headers" => Signer::Malformed {
+            key: None,
+            why: "Truebit-Key without Truebit-Signature",
+        },
         "badly signed" => {
             net.admin(grant(&k, None, true, false, 60));
             Signer::Forged(k)
@@ -354,6 +370,108 @@ fn the_root_key_is_bound_once_an_operator_event_was_read() {
     db.check_admin_key(Some(&a)).unwrap();
 }
 
+#[test]
+fn a_copy_of_an_operator_event_published_again_changes_nothing() {
+    let mut net = Net::new();
+    let root = Signer::Verified(net.root.clone());
+    let k = key();
+    let minute = 60_000;
+    let t = T0 * 60_000 + 1_000_000_000; // later than any event `operator` makes in this process
+    let issue = grant(&k, None, true, false, 60);
+    let enforce = OperatorKind::AdmissionSet {
+        mode: Mode::Enforce,
+    };
+    let audit = OperatorKind::AdmissionSet { mode: Mode::Audit };
+    let revoke = OperatorKind::KeyRevoked {
+        key: k.clone(),
+        reason: None,
+    };
+    let fold = |net: &mut Net, kind: &OperatorKind, at: i64, stored: i64| {
+        net.fold(root.clone(), stored_copy(kind.clone(), at, stored), T0)
+    };
+    fold(&mut net, &audit, t, t);
+    fold(&mut net, &issue, t + 1, t + 1);
+    fold(&mut net, &enforce, t + 2, t + 2);
+    fold(&mut net, &revoke, t + 3, t + 3);
+    let revoked = |net: &Net| {
+        net.db
+            .keys()
+            .unwrap()
+            .iter()
+            .find(|v| v.public_key == k.as_str())
+            .unwrap()
+            .revoked_at
+    };
+    assert!(revoked(&net).is_some());
+
+    // Fresh (stored within 5 minutes) but not newer than what its target last applied.
+    let again = fold(&mut net, &issue, t + 1, t + 4);
+    assert_eq!(net.dead_letter(again).as_deref(), Some("unauthorized"));
+    assert!(
+        revoked(&net).is_some(),
+        "a copy of key_issued does not end the revocation"
+    );
+    let old_audit = fold(&mut net, &audit, t, t + 4);
+    assert_eq!(net.dead_letter(old_audit).as_deref(), Some("unauthorized"));
+    assert_eq!(net.db.admission_mode().unwrap(), Mode::Enforce);
+    let same_ms = fold(&mut net, &audit, t + 2, t + 4);
+    assert_eq!(
+        net.dead_letter(same_ms).as_deref(),
+        Some("unauthorized"),
+        "newer means strictly later, to the millisecond"
+    );
+
+    // Newer than anything for its target, but stored more than 5 minutes after it was written:
+    // a copy kept back and published later.
+    let stale = fold(&mut net, &audit, t + 10, t + 10 + 5 * minute + 1);
+    assert_eq!(net.dead_letter(stale).as_deref(), Some("unauthorized"));
+    assert_eq!(net.db.admission_mode().unwrap(), Mode::Enforce);
+    let on_the_edge = fold(&mut net, &enforce, t + 11, t + 11 + 5 * minute);
+    assert_eq!(
+        net.dead_letter(on_the_edge),
+        None,
+        "5 minutes is still fresh"
+    );
+
+    // A new event for the key (a re-issue) still ends the revocation.
+    let reissue = fold(&mut net, &issue, t + 20, t + 20);
+    assert_eq!(net.dead_letter(reissue), None);
+    assert_eq!(revoked(&net), None);
+    assert_eq!(net.db.rejections().unwrap()["unauthorized"], 4);
+}
+
+#[test]
+fn a_forgery_counts_under_the_key_it_names_however_its_signature_is_wrong() {
+    for mode in [Mode::Audit, Mode::Enforce] {
+        let mut net = Net::new();
+        net.admin(OperatorKind::AdmissionSet { mode });
+        let k = key();
+        net.admin(grant(&k, None, true, false, 60));
+        for signer in [
+            Signer::Forged(k.clone()),
+            Signer::Malformed {
+                key: Some(k.clone()),
+                why: "Truebit-Key without Truebit-Signature",
+            },
+            Signer::Malformed {
+                key: Some(k.clone()),
+                why: "Truebit-Signature is not 64 bytes",
+            },
+        ] {
+            let before = net.db.keys().unwrap();
+            let before = before.iter().find(|v| v.public_key == k.as_str()).unwrap();
+            net.fold(signer.clone(), heartbeat(NODE), T0);
+            let after = net.db.keys().unwrap();
+            let after = after.iter().find(|v| v.public_key == k.as_str()).unwrap();
+            assert_eq!(
+                after.unauthorized,
+                before.unauthorized + 1,
+                "{signer:?} in {mode}: counted under the key it names"
+            );
+        }
+    }
+}
+
 /// One step of a random network's life.
 #[derive(Debug, Clone)]
 enum Step {
@@ -373,6 +491,8 @@ enum Step {
         mode: usize,
         by: usize,
     },
+    /// The last operator event published again, signed as it was: refused, however batched.
+    Again,
     Message {
         signer: usize,
         forged: bool,
@@ -388,6 +508,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(key, bound, publish, admin, rate, by)| Step::Issue { key, bound, publish, admin, rate, by }),
         1 => (0usize..4, 0usize..6).prop_map(|(key, by)| Step::Revoke { key, by }),
         1 => (0usize..3, 0usize..6).prop_map(|(mode, by)| Step::Mode { mode, by }),
+        1 => Just(Step::Again),
         8 => (0usize..6, proptest::bool::weighted(0.1), 0usize..2, prop_oneof![4 => Just(0i64), 1 => 1i64..3])
             .prop_map(|(signer, forged, node, later)| Step::Message { signer, forged, node, later }),
     ]
@@ -401,11 +522,15 @@ fn inputs(steps: &[Step], keys: &[PublicKey]) -> Vec<Input> {
         (i, false) => Signer::Verified(keys[i].clone()),
     };
     let mut stored = T0;
+    let mut last_operator: Option<(Signer, Message)> = None;
     steps
         .iter()
         .enumerate()
         .map(|(i, step)| {
             let (signer, message) = match step {
+                Step::Again => last_operator
+                    .clone()
+                    .unwrap_or_else(|| (Signer::Unsigned, heartbeat("node-a"))),
                 Step::Issue {
                     key,
                     bound,
@@ -446,6 +571,9 @@ fn inputs(steps: &[Step], keys: &[PublicKey]) -> Vec<Input> {
                     (signer(*s, *forged), heartbeat(["node-a", "node-b"][*node]))
                 }
             };
+            if matches!(message, Message::Operator(_)) {
+                last_operator = Some((signer.clone(), message.clone()));
+            }
             Input {
                 seq: i as u64 + 1,
                 stored_minute: stored,

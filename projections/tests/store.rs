@@ -203,6 +203,42 @@ fn another_schema_version_is_refused_with_a_hint() {
     assert!(err.to_string().contains("replay"), "{err}");
 }
 
+/// A database of schema version 3, as an older build left it, with `operator_messages` set.
+fn version_3_database(path: &std::path::Path, operator_messages: u64) {
+    let raw = redb::Database::create(path).unwrap();
+    let txn = raw.begin_write().unwrap();
+    let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let mut table = txn.open_table(meta).unwrap();
+    table
+        .insert("schema_version", 3u64.to_le_bytes().as_slice())
+        .unwrap();
+    table
+        .insert(
+            "operator_messages",
+            operator_messages.to_le_bytes().as_slice(),
+        )
+        .unwrap();
+    drop(table);
+    txn.commit().unwrap();
+}
+
+#[test]
+fn version_3_is_upgraded_in_place_only_while_no_operator_event_was_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (never, once) = (dir.path().join("never.redb"), dir.path().join("once.redb"));
+    version_3_database(&never, 0);
+    version_3_database(&once, 1);
+    Projections::open(&never).expect("nothing the operator clock would have held");
+    // The clock of operator events already folded is not in the database: only a replay
+    // can fill it as the stream says.
+    let err = Projections::open(&once).err().expect("refused");
+    assert!(
+        matches!(err, Error::SchemaVersion { found: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("replay"), "{err}");
+}
+
 #[test]
 fn differences_name_the_table_and_key() {
     let (_d1, a) = db();

@@ -61,7 +61,7 @@ pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, 
 pub use history::HistoryRecord;
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 pub use operator::{
-    operator_payload, read, KeyGrant, Message, Mode, Operator, OperatorKind, Permissions,
+    operator_payload, read, KeyGrant, Message, Mode, Operator, OperatorKind, Permissions, Target,
     DEFAULT_RATE_LIMIT, MAX_RATE_LIMIT,
 };
 pub use redact::contract_fields;

@@ -4,7 +4,7 @@
 
 use crate::event::{Event, Minute};
 use crate::rejection::Rejection;
-use crate::rules::{check_time, major_is_one, valid_node_id};
+use crate::rules::{checked_instant, major_is_one, valid_node_id};
 use crate::signature::PublicKey;
 use crate::subjects::{ADMIN_KEYS, ADMIN_PREFIX};
 use crate::validate::{kind_of, read_object, required_str, validate};
@@ -32,6 +32,13 @@ impl From<Event> for Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {
     pub minute: Minute,
+    /// Its `timestamp` in milliseconds since the epoch, floored: an event applies only when this
+    /// is later than that of every event applied before for its [target](OperatorKind::target).
+    pub at_ms: i64,
+    /// When JetStream stored it, in milliseconds since the epoch: an event applies only when
+    /// `at_ms` lies within [`MAX_CLOCK_SKEW_SECS`](crate::MAX_CLOCK_SKEW_SECS) of this, so that a
+    /// stored copy published again later is refused (contract §7, "fresh").
+    pub stored_ms: i64,
     pub kind: OperatorKind,
     pub sent: Vec<u8>,
 }
@@ -49,7 +56,33 @@ pub enum OperatorKind {
     },
 }
 
+/// What an operator event changes, for its order (contract §7, "newer"): one key, or the mode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target<'a> {
+    Key(&'a PublicKey),
+    Mode,
+}
+
+impl Target<'_> {
+    /// The target as stored: a public key (`U…`), or `mode`, which no public key spells.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Target::Key(key) => key.as_str(),
+            Target::Mode => "mode",
+        }
+    }
+}
+
 impl OperatorKind {
+    /// What this event changes: events for one target apply in the order of their timestamps.
+    pub fn target(&self) -> Target<'_> {
+        match self {
+            OperatorKind::KeyIssued(grant) => Target::Key(&grant.key),
+            OperatorKind::KeyRevoked { key, .. } => Target::Key(key),
+            OperatorKind::AdmissionSet { .. } => Target::Mode,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             OperatorKind::KeyIssued(_) => "key_issued",
@@ -143,8 +176,11 @@ pub fn read(subject: &str, payload: &[u8], stored_at: DateTime<Utc>) -> Result<M
         ));
     }
     let (timestamp, kind) = operator_schema(&envelope)?;
+    let at = checked_instant(timestamp, stored_at)?;
     Ok(Message::Operator(Operator {
-        minute: check_time(timestamp, stored_at)?,
+        minute: at.timestamp().div_euclid(60),
+        at_ms: at.timestamp_millis(),
+        stored_ms: stored_at.timestamp_millis(),
         kind,
         sent: payload[..payload.len().min(KEEP_AS_SENT)].to_vec(),
     }))

@@ -12,6 +12,15 @@ pub const MAX_CLOCK_SKEW_SECS: i64 = 5 * 60;
 
 /// The clock check: the envelope's timestamp as an event minute, or why it is refused.
 pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i64, Rejection> {
+    checked_instant(timestamp, stored_at).map(|time| time.timestamp().div_euclid(60))
+}
+
+/// [`check_time`]'s checks, and the instant itself (to the nanosecond, floored), for an operator
+/// event whose freshness and order are judged to the millisecond (contract §7).
+pub(crate) fn checked_instant(
+    timestamp: &str,
+    stored_at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, Rejection> {
     let clock = |detail: String| Rejection::new(Reason::Clock, detail);
     let Instant { time, finer } = parse_date_time(timestamp).map_err(|problem| {
         clock(format!(
@@ -33,7 +42,7 @@ pub(crate) fn check_time(timestamp: &str, stored_at: DateTime<Utc>) -> Result<i6
             "timestamp {timestamp} is {skew} s after the message was stored; at most {MAX_CLOCK_SKEW_SECS} s is allowed"
         )));
     }
-    Ok(time.timestamp().div_euclid(60))
+    Ok(time)
 }
 
 /// The instant a timestamp names, to the nanosecond.

@@ -110,8 +110,13 @@ pub enum Signer {
     /// Neither header: today's monitors, which only an `open` network admits.
     #[default]
     Unsigned,
-    /// A header missing, or one that is not a public key or a signature: why, in a sentence.
-    Malformed(&'static str),
+    /// A header missing, or one that is not a public key or a signature: why, in a sentence, and
+    /// the key `Truebit-Key` names when it is one, so that a forgery counts under the key it
+    /// names however it is malformed (contract §7).
+    Malformed {
+        key: Option<PublicKey>,
+        why: &'static str,
+    },
     /// A well-formed key and signature that do not match the message.
     Forged(PublicKey),
     /// Signed by this key.
@@ -123,7 +128,8 @@ impl Signer {
     pub fn key(&self) -> Option<&PublicKey> {
         match self {
             Signer::Forged(k) | Signer::Verified(k) => Some(k),
-            Signer::Unsigned | Signer::Malformed(_) => None,
+            Signer::Malformed { key, .. } => key.as_ref(),
+            Signer::Unsigned => None,
         }
     }
 }
@@ -156,8 +162,18 @@ impl Verifier {
         let (key, signature) = match (key, signature) {
             (None, None) => return Signer::Unsigned,
             (Some(k), Some(s)) => (k.trim(), s.trim()),
-            (None, Some(_)) => return Signer::Malformed("Truebit-Signature without Truebit-Key"),
-            (Some(_), None) => return Signer::Malformed("Truebit-Key without Truebit-Signature"),
+            (None, Some(_)) => {
+                return Signer::Malformed {
+                    key: None,
+                    why: "Truebit-Signature without Truebit-Key",
+                }
+            }
+            (Some(k), None) => {
+                return Signer::Malformed {
+                    key: PublicKey::parse(k.trim()),
+                    why: "Truebit-Key without Truebit-Signature",
+                }
+            }
         };
         if !self.keys.contains_key(key) {
             if self.keys.len() >= MAX_CACHED_KEYS {
@@ -169,13 +185,20 @@ impl Verifier {
         // A hit costs a lookup, not an allocation: most messages come from a known key.
         let pair = self.keys.get(key).and_then(Option::as_ref);
         let Some(pair) = pair else {
-            return Signer::Malformed("Truebit-Key is not an nkey user public key (U…)");
+            return Signer::Malformed {
+                key: None,
+                why: "Truebit-Key is not an nkey user public key (U…)",
+            };
+        };
+        let malformed = |why| Signer::Malformed {
+            key: Some(PublicKey(key.to_string())),
+            why,
         };
         let Ok(signature) = BASE64URL_NOPAD.decode(signature.as_bytes()) else {
-            return Signer::Malformed("Truebit-Signature is not base64url without padding");
+            return malformed("Truebit-Signature is not base64url without padding");
         };
         if signature.len() != 64 {
-            return Signer::Malformed("Truebit-Signature is not 64 bytes");
+            return malformed("Truebit-Signature is not 64 bytes");
         }
         let public = PublicKey(key.to_string());
         match pair.verify(&signed_bytes(subject, payload), &signature) {
@@ -234,26 +257,41 @@ mod tests {
         let (k, s) = headers(&signed);
         let mut v = Verifier::new();
         assert_eq!(v.check("s", b"p", None, None), Signer::Unsigned);
-        assert!(matches!(v.check("s", b"p", k, None), Signer::Malformed(_)));
-        assert!(matches!(v.check("s", b"p", None, s), Signer::Malformed(_)));
+        assert!(matches!(
+            v.check("s", b"p", k, None),
+            Signer::Malformed { .. }
+        ));
+        assert!(matches!(
+            v.check("s", b"p", None, s),
+            Signer::Malformed { .. }
+        ));
         let seed = key.seed();
         assert!(
-            matches!(v.check("s", b"p", Some(&seed), s), Signer::Malformed(_)),
+            matches!(v.check("s", b"p", Some(&seed), s), Signer::Malformed { .. }),
             "a seed is not a public key"
         );
         let account = KeyPair::new_account().public_key();
         assert!(matches!(
             v.check("s", b"p", Some(&account), s),
-            Signer::Malformed(_)
+            Signer::Malformed { .. }
         ));
         assert!(matches!(
             v.check("s", b"p", k, Some("not*base64")),
-            Signer::Malformed(_)
+            Signer::Malformed { .. }
         ));
         assert!(matches!(
             v.check("s", b"p", k, Some("AAAA")),
-            Signer::Malformed(_)
+            Signer::Malformed { .. }
         ));
+        // A malformed signature still names its key (§7: a forgery counts under the key it
+        // names); a header that is no public key names none.
+        let named = |signer: Signer| signer.key().map(|k| k.as_str().to_string());
+        let mine = Some(key.public_key().as_str().to_string());
+        assert_eq!(named(v.check("s", b"p", k, None)), mine);
+        assert_eq!(named(v.check("s", b"p", k, Some("not*base64"))), mine);
+        assert_eq!(named(v.check("s", b"p", k, Some("AAAA"))), mine);
+        assert_eq!(named(v.check("s", b"p", None, s)), None);
+        assert_eq!(named(v.check("s", b"p", Some(&seed), s)), None);
     }
 
     #[test]
