@@ -227,6 +227,45 @@ async fn serve_refuses_a_database_from_another_incarnation_of_the_stream() {
     );
 }
 
+/// Events that expired while `serve` was down are a gap in every number, whether some of the
+/// stream is left or none of it: the next start refuses and says to rebuild.
+#[tokio::test]
+async fn serve_refuses_to_start_past_events_that_all_expired_unfolded() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("aggregator.redb");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let heartbeat = || {
+        let ts = chrono::Utc::now().to_rfc3339();
+        let body = serde_json::json!({"version": "1.0", "type": "heartbeat", "timestamp": ts, "nodeId": "node-1"});
+        common::msg("truebit.heartbeat", body)
+    };
+    let (mut serve, _log) = spawn_serve(&server.url(), &db);
+    let folded = common::publish(&js, &[heartbeat()]).await;
+    common::wait_folded(&client, folded).await;
+    signal(&serve, SIGTERM);
+    assert!(serve.wait().unwrap().success());
+
+    // Two more arrive while serve is down, and then the whole stream expires.
+    let last = common::publish(&js, &[heartbeat(), heartbeat()]).await;
+    let mut stream = js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    stream.purge().await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    assert_eq!((state.messages, state.last_sequence), (0, last));
+
+    let out = common::process::run_to_exit(command(&server.url(), &db).arg("serve"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "sequences {}..={last} expired before they were folded",
+            folded + 1
+        )) && err.contains("replay"),
+        "{err}"
+    );
+}
+
 /// Contract §4: a `schema` or `clock` dead letter keeps only the fields §3 names. Today's
 /// monitor's raw block data and exact counts, and anything else a node adds, never reach a dead
 /// letter (body or header) nor a line of serve's log, even at debug level. A `malformed` body is

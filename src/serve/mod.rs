@@ -134,7 +134,9 @@ pub async fn serve(
     let target = info.state.last_sequence;
     let identity = topology::stream_identity(&info);
     check_belongs(&db, &identity, applied, target).await?;
-    if info.state.messages > 0 && applied + 1 < info.state.first_sequence {
+    // An empty stream that once held messages starts after its last one, so this also catches
+    // a stream that expired entirely while serve was down.
+    if applied + 1 < info.state.first_sequence {
         return Err(Error::CheckFailed(format!(
             "{} has folded up to sequence {applied}, but TRUEBIT_EVENTS now starts at {}: sequences {}..={} expired before they were folded; rebuild with `truebit-federation replay`, which starts from a checkpoint",
             config.db_path.display(),

@@ -1,10 +1,11 @@
 //! The binary as an operator runs it, for the tests that run it: `serve` killed on drop, its log
 //! lines read as it writes them.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use truebit_testkit::Reaped;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
@@ -60,6 +61,42 @@ pub fn spawn_serve_with(mut command: Command) -> (Reaped, mpsc::Receiver<String>
 
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
+}
+
+/// Runs a command that must end by itself (a `serve` that must refuse to start, say): one still
+/// running after [`PATIENCE`](super::PATIENCE) fails the test, and is killed, instead of hanging it.
+pub fn run_to_exit(cmd: &mut Command) -> Output {
+    let mut child = Reaped(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).map(|_| bytes)
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + super::PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after {:?}: it should have exited",
+            super::PATIENCE
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap().unwrap(),
+        stderr: stderr.join().unwrap().unwrap(),
+    }
 }
 
 /// Runs `keys ARGS` with `cmd`'s settings, and fails the test if it fails; returns its first line
