@@ -55,17 +55,69 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let temp = sibling(&config.db_path, "rebuild");
     remove_if_exists(&temp)?;
     let rebuilt = run(&js, &temp, options).await?;
-    ensure_free(&config.db_path).await?;
-    std::fs::rename(&temp, &config.db_path).map_err(Error::io(
-        "moving the rebuild into place over",
-        &config.db_path,
-    ))?;
+    let carried = {
+        let (temp, live) = (temp.clone(), config.db_path.clone());
+        truebit_replay::task::joined(tokio::task::spawn_blocking(move || swap_in(&temp, &live)))
+            .await?
+    };
     Ok(format!(
-        "{}replaced {}; serve resumes after sequence {}\n",
+        "{}replaced {}; serve resumes after sequence {}{carried}\n",
         summary(&rebuilt, &config.db_path),
         config.db_path.display(),
         rebuilt.last_seq
     ))
+}
+
+/// Moves the rebuild at `temp` over the live database at `live`, after taking over the live
+/// outbox: a rebuild's own is empty (it never publishes), and the dead letters the live
+/// database had not sent yet must not be lost with it (contract §4, §9). The live file stays
+/// open, and so locked against a serve starting, until the rebuild is in its place. Returns a
+/// sentence for the summary.
+fn swap_in(temp: &Path, live: &Path) -> Result<String, Error> {
+    let held = match Projections::open_existing(live) {
+        Ok(db) => Some(db),
+        Err(truebit_projections::Error::Missing { .. }) => None,
+        Err(truebit_projections::Error::Locked { path }) => {
+            return Err(Error::Usage(format!(
+                "{} is held by a running serve; stop it before replacing its database, or rebuild beside it with --output",
+                path.display()
+            )))
+        }
+        // A file of another schema cannot be read, outbox and all: replaced as before, and said.
+        Err(truebit_projections::Error::SchemaVersion { found, .. }) => {
+            std::fs::rename(temp, live)
+                .map_err(Error::io("moving the rebuild into place over", live))?;
+            return Ok(format!(
+                "; WARNING: the replaced database had schema version {found}, so any dead letters it had not sent yet could not be carried over: compare TRUEBIT_DLQ with the refusals in the stream"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut said = String::new();
+    if let Some(live_db) = &held {
+        let rebuilt = Projections::open_existing(temp)?;
+        let (from, to) = (live_db.stream_identity()?, rebuilt.stream_identity()?);
+        let unsent = live_db.pending_dead_letter_count()?;
+        if from.is_some() && from != to {
+            // Their sequences are another stream's: sent under this one's name they would
+            // stand for the wrong messages.
+            if unsent > 0 {
+                said = format!(
+                    "; WARNING: {unsent} dead letters that the replaced database had not sent were of stream {}, not of {}, and are not carried over",
+                    from.unwrap_or_default(),
+                    to.unwrap_or_default()
+                );
+            }
+        } else {
+            let carried = rebuilt.carry_dead_letters(live_db)?;
+            if carried > 0 {
+                said = format!("; {carried} dead letters not sent yet carried over");
+            }
+        }
+    }
+    std::fs::rename(temp, live).map_err(Error::io("moving the rebuild into place over", live))?;
+    drop(held);
+    Ok(said)
 }
 
 /// Rebuilds up to the live database's last sequence and compares the two record by record. The
