@@ -28,7 +28,7 @@ const SHOWN_DIFFERENCES: usize = 20;
 
 pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let client = config.nats.connect("truebit-federation replay").await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     if config.verify {
         return verify(
             &js,
@@ -38,7 +38,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
         )
         .await;
     }
-    check_admin_key(&config.db_path, config.admin_key.as_ref()).await?;
+    check_admin_key(&client, &config.db_path, config.admin_key.as_ref()).await?;
     let options = truebit_replay::Options {
         to_seq: config.to_seq,
         prefer_checkpoint: true,
@@ -265,18 +265,36 @@ fn summary(rebuilt: &truebit_replay::Rebuilt, path: &Path) -> String {
     )
 }
 
-/// A rebuild must fold with the root key the live database was folded with (contract §7).
-async fn check_admin_key(db_path: &Path, configured: Option<&PublicKey>) -> Result<(), Error> {
+/// A rebuild must fold with the root key the live database was folded with (contract §7). A
+/// database that a running serve holds cannot be read here: that serve is asked instead.
+async fn check_admin_key(
+    client: &async_nats::Client,
+    db_path: &Path,
+    configured: Option<&PublicKey>,
+) -> Result<(), Error> {
     if !db_path.exists() {
         return Ok(());
     }
     let path = db_path.to_path_buf();
-    let configured = configured.cloned();
-    match blocking(move || Projections::open_existing(path)?.check_admin_key(configured.as_ref()))
-        .await
+    let key = configured.cloned();
+    match blocking(move || Projections::open_existing(path)?.check_admin_key(key.as_ref())).await
     {
         Err(e @ truebit_projections::Error::AdminKey { .. }) => Err(e.into()),
-        // Held by serve, or of another schema: the swap's own checks say so.
+        Err(truebit_projections::Error::Locked { path }) => {
+            crate::query::ask_admin_key(client, configured)
+                .await
+                .map_err(|e| match e {
+                    Error::Usage(said) => Error::Usage(format!(
+                        "{said} (answered by the serve that holds {})",
+                        path.display()
+                    )),
+                    other => Error::Usage(format!(
+                        "{} is held by another process, and ADMIN_KEY cannot be checked against it: {other}; a rebuild folded with another root key than the live fold's decides differently, so run replay where serve answers, or stop serve first",
+                        path.display()
+                    )),
+                })
+        }
+        // Of another schema: the swap's own checks say so.
         _ => Ok(()),
     }
 }

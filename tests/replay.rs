@@ -457,3 +457,61 @@ async fn a_swapped_in_rebuild_carries_the_unsent_dead_letters_and_an_output_take
     );
     assert_eq!(unsent(&served.db_path), [] as [u64; 0]);
 }
+
+/// Contract §7: `replay --output` beside a running `serve` folds with the root key the live
+/// database was folded with; serve holds that database, so replay asks serve, and another
+/// `ADMIN_KEY` exits 2 with the way out instead of writing a rebuild that decides differently.
+#[tokio::test]
+async fn a_rebuild_beside_a_running_serve_with_another_admin_key_is_refused() {
+    use truebit_streams::SigningKey;
+    let admin = SigningKey::generate();
+    let root = admin.public_key().clone();
+    let served = Served::start_with(move |c| c.admin_key = Some(root.clone())).await;
+    let url = served.server.url();
+    let seed = served.dir.path().join("admin.seed");
+    std::fs::write(&seed, admin.seed()).unwrap();
+    std::fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // An operator event folded: from now on the root key decides, and may not change.
+    run_ok(
+        &url,
+        &served.db_path,
+        &[
+            "keys",
+            "mode",
+            "audit",
+            "--admin-seed",
+            seed.to_str().unwrap(),
+        ],
+    );
+    let mut events = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let last = events.info().await.unwrap().state.last_sequence;
+    served.wait_folded(last).await;
+
+    // On a blocking thread: the in-process serve must answer it meanwhile.
+    let replay_with = |key: &str, output: &str| {
+        let mut c = Command::new(BIN);
+        c.env("NATS_URL", &url)
+            .env("DB_PATH", &served.db_path)
+            .env("ADMIN_KEY", key)
+            .args(["replay", "--output"])
+            .arg(served.dir.path().join(output))
+            .stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+    };
+    let other = SigningKey::generate();
+    let refused = replay_with(other.public_key().as_str(), "other.redb")
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(
+        said.contains("ADMIN_KEY") && said.contains("set ADMIN_KEY back"),
+        "{said}"
+    );
+    assert!(!served.dir.path().join("other.redb").exists());
+
+    let same = replay_with(admin.public_key().as_str(), "same.redb")
+        .await
+        .unwrap();
+    assert!(same.status.success(), "{}", text(&same));
+}
