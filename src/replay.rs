@@ -38,6 +38,11 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
         )
         .await;
     }
+    // A swap needs the live file free: said first, with the way out, before serve is asked
+    // anything about a file it would have to let go of anyway.
+    if config.output.is_none() {
+        ensure_free(&config.db_path).await?;
+    }
     check_admin_key(&client, &config.db_path, config.admin_key.as_ref()).await?;
     let options = truebit_replay::Options {
         to_seq: config.to_seq,
@@ -49,9 +54,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
         let rebuilt = run(&js, output, options).await?;
         return Ok(summary(&rebuilt, output));
     }
-    // Rebuild beside the live file, then swap it in only once complete. A running serve holds
-    // the live file: it must be stopped first, or the rebuild written elsewhere.
-    ensure_free(&config.db_path).await?;
+    // Rebuild beside the live file (checked free above), then swap it in only once complete.
     let temp = sibling(&config.db_path, "rebuild");
     remove_if_exists(&temp)?;
     let rebuilt = run(&js, &temp, options).await?;

@@ -170,11 +170,15 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
     let (mut served, _fleet, _expected, last) = folded_fleet(600).await;
     let url = served.server.url();
     let output = served.dir.path().join("rebuilt.redb");
-    let out = run_ok(
-        &url,
-        &served.db_path,
-        &["replay", "--output", output.to_str().unwrap()],
-    );
+    // On a blocking thread: replay asks the in-process serve for its ADMIN_KEY meanwhile.
+    let out = {
+        let (url, db, output) = (url.clone(), served.db_path.clone(), output.clone());
+        tokio::task::spawn_blocking(move || {
+            run_ok(&url, &db, &["replay", "--output", output.to_str().unwrap()])
+        })
+        .await
+        .unwrap()
+    };
     assert!(out.contains(&format!("up to sequence {last}")), "{}", out);
     // Replacing the live file while serve holds it is refused, with the way out.
     let refused = run(&url, &served.db_path, &["replay"]);
@@ -193,6 +197,8 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
         );
     }
     assert_eq!(live.differences(&rebuilt, 5).unwrap(), Vec::<String>::new());
+    // Let go: replay beside a database some process holds asks a serve for its ADMIN_KEY.
+    drop((live, rebuilt));
 
     let partial = served.dir.path().join("partial.redb");
     run_ok(
