@@ -585,6 +585,16 @@ async fn a_dead_letter_that_cannot_be_stored_waits_in_the_outbox_across_a_restar
         let pending = db.pending_dead_letters(10).unwrap();
         assert_eq!(pending.len(), 1, "kept on disk: {pending:?}");
         assert_eq!(pending[0].0, bad);
+        // With the minute JetStream stored the message, against which TRUEBIT_DLQ's max_age is
+        // measured (contract §9).
+        let stored = db.outbox(1).unwrap()[0]
+            .stored_minute
+            .expect("a stored minute");
+        let now = chrono::Utc::now().timestamp().div_euclid(60);
+        assert!(
+            (now - 5..=now).contains(&stored),
+            "stored in minute {stored}, now is {now}"
+        );
     }
 
     // The next start recreates TRUEBIT_DLQ and sends what waited.
