@@ -14,16 +14,18 @@ use crate::http::Metrics;
 use crate::leader::Leader;
 use crate::Error;
 use async_nats::jetstream;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
 use truebit_streams::names::{DLQ_STREAM, HEADER_ORIGINAL_SEQ, HEADER_ORIGINAL_STREAM};
-use truebit_streams::DeadLetter;
+use truebit_streams::{DeadLetter, Minute};
 
 /// Dead letters sent before their acks are awaited and the outbox is trimmed.
 const CHUNK: usize = 256;
@@ -86,38 +88,51 @@ async fn drain(
     if !leader.leading() {
         return Ok(());
     }
-    read_to_the_end(js, &dlq.read).await?;
+    let max_age = read_to_the_end(js, &dlq.read).await?;
     loop {
         if !leader.leading() {
             return Ok(());
         }
         let pending = {
             let db = db.clone();
-            blocking(move || db.pending_dead_letters(CHUNK)).await?
+            blocking(move || db.outbox(CHUNK)).await?
         };
         if pending.is_empty() {
             return Ok(());
         }
         // Refusals folded after the reader passed their dead letters (this instance was behind
-        // the one that stored them) are in TRUEBIT_DLQ already: dropped, not sent again.
-        let (stored, pending): (Vec<_>, Vec<_>) =
-            pending.into_iter().partition(|(seq, _)| dlq.holds(*seq));
-        if !stored.is_empty() {
-            let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+        // the one that stored them) are in TRUEBIT_DLQ already, and a letter for a message
+        // stored longer ago than TRUEBIT_DLQ keeps letters would have expired there: both are
+        // dropped, not sent (again).
+        let now = Utc::now().timestamp();
+        let (settled, pending): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .partition(|p| dlq.holds(p.seq) || past_max_age(p.stored_minute, max_age, now));
+        if !settled.is_empty() {
+            let expired = settled.iter().filter(|p| !dlq.holds(p.seq)).count();
+            if expired > 0 {
+                tracing::info!(
+                    count = expired,
+                    max_age_s = max_age.as_secs(),
+                    "not sending the dead letters of messages stored longer ago than TRUEBIT_DLQ's max_age: they would have expired there"
+                );
+            }
+            let seqs: Vec<u64> = settled.iter().map(|p| p.seq).collect();
             let db = db.clone();
             blocking(move || db.drop_dead_letters(&seqs)).await?;
             continue;
         }
         let mut acks = Vec::with_capacity(pending.len());
-        for (_, dead) in &pending {
-            acks.push(send(js, dead, &dlq.stream).await?);
+        for p in &pending {
+            acks.push(send(js, &p.dead_letter, &dlq.stream).await?);
         }
-        for (ack, (_, dead)) in acks.into_iter().zip(&pending) {
+        for (ack, p) in acks.into_iter().zip(&pending) {
             let stored = ack
                 .await
                 .map_err(|e| Error::nats("storing a dead letter", e))?;
             // A copy JetStream already held (sent before a crash) is not stored again.
-            let reason = dead
+            let reason = p
+                .dead_letter
                 .subject
                 .strip_prefix(truebit_streams::subjects::DLQ_PREFIX)
                 .and_then(truebit_streams::Reason::parse);
@@ -130,11 +145,30 @@ async fn drain(
                     .inc();
             }
         }
-        let seqs: Vec<u64> = pending.iter().map(|(seq, _)| *seq).collect();
+        let seqs: Vec<u64> = pending.iter().map(|p| p.seq).collect();
         tracing::debug!(count = seqs.len(), "dead letters stored");
         let db = db.clone();
         blocking(move || db.drop_dead_letters(&seqs)).await?;
     }
+}
+
+/// Whether a message stored in `stored_minute` is surely older than `max_age` at `now` (Unix
+/// seconds): its dead letter, had it been sent, would have expired from `TRUEBIT_DLQ` (contract
+/// §9). The minute is taken at its end, so that a letter is never left unsent for being a
+/// minute too old; an entry without the minute, or a stream that keeps letters for ever, sends.
+fn past_max_age(stored_minute: Option<Minute>, max_age: Duration, now: i64) -> bool {
+    let Some(minute) = stored_minute else {
+        return false;
+    };
+    if max_age.is_zero() {
+        return false;
+    }
+    let age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+    minute
+        .saturating_add(1)
+        .saturating_mul(60)
+        .saturating_add(age)
+        <= now
 }
 
 async fn send(
@@ -189,43 +223,62 @@ impl Followed {
     }
 }
 
-/// Waits until [`follow`] has read `TRUEBIT_DLQ` as far as it reaches now, so that what another
-/// leader stored is dropped before this one sends anything.
+/// Waits until [`follow`] has read every dead letter `TRUEBIT_DLQ` holds now, so that what
+/// another leader stored is dropped before this one sends anything; returns the stream's
+/// `max_age`.
 async fn read_to_the_end(
     js: &jetstream::Context,
     followed: &watch::Receiver<u64>,
-) -> Result<(), Error> {
+) -> Result<Duration, Error> {
     let mut dlq = js
         .get_stream(DLQ_STREAM)
         .await
         .map_err(|e| Error::nats("opening TRUEBIT_DLQ", e))?;
-    let state = dlq
+    let info = dlq
         .info()
         .await
-        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))?
-        .state
-        .clone();
+        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))?;
+    let (state, max_age) = (info.state.clone(), info.config.max_age);
     if state.messages == 0 {
-        return Ok(());
+        return Ok(max_age);
     }
+    let end = state.last_sequence;
+    let deadline = tokio::time::Instant::now() + READ_TO_END;
     let mut followed = followed.clone();
-    tokio::time::timeout(
-        READ_TO_END,
-        followed.wait_for(|seq| *seq >= state.last_sequence),
-    )
-    .await
-    .map_err(|_| {
-        Error::nats(
-            "reading TRUEBIT_DLQ to its end",
-            "not done in 30 s; the dead letters wait until it is",
-        )
-    })?
-    .map_err(|_| Error::nats("reading TRUEBIT_DLQ", "the reader stopped"))?;
-    Ok(())
+    let all = format!("{}>", truebit_streams::subjects::DLQ_PREFIX);
+    loop {
+        let read = *followed.borrow_and_update();
+        if read >= end {
+            return Ok(max_age);
+        }
+        // The last sequence may be a letter deleted since, which no reader ever sees: what
+        // counts is whether a letter the reader has not read yet is still there.
+        let next = dlq
+            .raw_message_builder()
+            .sequence(read + 1)
+            .next_by_subject(all.clone())
+            .send()
+            .await;
+        match next {
+            Ok(m) if m.sequence > end => return Ok(max_age),
+            Ok(_) => {}
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(max_age),
+            Err(e) => return Err(Error::nats("reading TRUEBIT_DLQ", e)),
+        }
+        tokio::time::timeout_at(deadline, followed.changed())
+            .await
+            .map_err(|_| {
+                Error::nats(
+                    "reading TRUEBIT_DLQ to its end",
+                    "not done in 30 s; the dead letters wait until it is",
+                )
+            })?
+            .map_err(|_| Error::nats("reading TRUEBIT_DLQ", "the reader stopped"))?;
+    }
 }
 
 /// How long a new leader waits for the dead letters already stored to be read.
-const READ_TO_END: std::time::Duration = std::time::Duration::from_secs(30);
+const READ_TO_END: Duration = Duration::from_secs(30);
 
 /// A reader of `TRUEBIT_DLQ` ([`follow`]) and what it has read ([`Followed`]), for the stream
 /// `stream` ([`truebit_streams::names::stream_identity`]) created at `since`.
@@ -334,4 +387,33 @@ async fn open_dlq(js: &jetstream::Context, from: u64) -> Result<DlqMessages, Err
         .messages()
         .await
         .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn a_letter_is_left_unsent_only_when_its_message_is_surely_older_than_max_age() {
+        let stored = 29_000_000; // a minute
+        let end_of_minute = (stored + 1) * 60;
+        let month = 30 * DAY;
+        let month_s = month.as_secs() as i64;
+        assert!(!past_max_age(
+            Some(stored),
+            month,
+            end_of_minute + month_s - 1
+        ));
+        assert!(past_max_age(Some(stored), month, end_of_minute + month_s));
+        assert!(
+            !past_max_age(Some(stored), Duration::ZERO, i64::MAX),
+            "a stream that keeps letters for ever"
+        );
+        assert!(
+            !past_max_age(None, DAY, i64::MAX),
+            "an entry from before the minute was kept"
+        );
+    }
 }

@@ -1,18 +1,27 @@
 //! Snapshots out: `truebit.stats.aggregated`, the `truebit-stats` KV bucket, and a history
 //! record in `TRUEBIT_STATS` (contract §8) for each publish.
+//!
+//! Fencing (contract §9): every KV write of a snapshot is a compare-and-set on the revision this
+//! instance last wrote or read for that key, and the snapshot goes out on the subject (and into
+//! the history) only after its `latest` write succeeded. A leader cut off by a partition, whose
+//! writes wait in its client and reach the server after another instance published, is
+//! refused there, so the published numbers never go back.
 
 use crate::http::{Metrics, Published, Status};
 use crate::leader::Leader;
 use crate::Error;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use futures::StreamExt;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 use truebit_projections::Projections;
 use truebit_replay::task::blocking;
-use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ};
+use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ, HISTORY_STREAM};
 use truebit_streams::{subjects, HistoryRecord, Minute, Snapshot};
 
 #[derive(Clone)]
@@ -24,7 +33,21 @@ pub(crate) struct Publisher {
     lead: Lead,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
+    revisions: Arc<Mutex<Revisions>>,
 }
+
+/// The revision of each snapshot key as this instance last wrote or read it, in one term of
+/// leadership: a new term reads them afresh.
+#[derive(Default)]
+struct Revisions {
+    term: u64,
+    of: HashMap<String, u64>,
+    /// The sequence of the last history record, the same way.
+    history: Option<u64>,
+}
+
+/// Why a publish stopped before its end; said in the log where it happened.
+struct Stopped;
 
 /// Who may publish, and under which name (contract §9).
 #[derive(Clone)]
@@ -92,6 +115,64 @@ impl Publisher {
             db,
             metrics,
             status,
+            revisions: Arc::default(),
+        }
+    }
+
+    fn revisions(&self) -> std::sync::MutexGuard<'_, Revisions> {
+        // Changed in steps that cannot panic.
+        self.revisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes a snapshot key by a compare-and-set on the revision this instance last wrote or
+    /// read for it (read now, the first time in a term). A failed one means another instance
+    /// published: this one is fenced, and stops publishing until it has read the lease again.
+    async fn write(&self, key: &str, body: Vec<u8>) -> Result<(), Stopped> {
+        let known = self.revisions().of.get(key).copied();
+        let revision = match known {
+            Some(revision) => revision,
+            None => match self.kv.entry(key).await {
+                Ok(Some(entry)) => entry.revision,
+                // Never written: revision 0 is "only if absent".
+                Ok(None) => 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, key, "cannot read the snapshot's revision in KV; not publishing it");
+                    return Err(Stopped);
+                }
+            },
+        };
+        // The read may have waited long (a connection held silent): the lease is asked again
+        // right before the write goes out, so that one sent while this instance no longer leads
+        // cannot carry a revision that another leader wrote.
+        if !self.lead.leader.leading() {
+            tracing::warn!(key, "the lease ran out while publishing; stopped");
+            return Err(Stopped);
+        }
+        match self.kv.update(key, body.into(), revision).await {
+            Ok(revision) => {
+                self.revisions().of.insert(key.to_string(), revision);
+                Ok(())
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                let mut revisions = self.revisions();
+                revisions.of.clear();
+                revisions.history = None;
+                drop(revisions);
+                tracing::warn!(
+                    key,
+                    "another instance published a snapshot since this one last did: stopped publishing; reading the lease again"
+                );
+                self.lead.leader.fence();
+                Err(Stopped)
+            }
+            Err(e) => {
+                // It may yet land, late: its revision is read again before the next write.
+                self.revisions().of.remove(key);
+                tracing::warn!(error = %e, key, "cannot store the snapshot in KV; not publishing it");
+                Err(Stopped)
+            }
         }
     }
 
@@ -140,6 +221,16 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LAST_SEQ, applied.to_string().as_str());
         headers.insert(HEADER_INSTANCE, self.lead.instance.as_str());
+        {
+            let term = self.lead.leader.term();
+            let mut revisions = self.revisions();
+            if revisions.term != term {
+                *revisions = Revisions {
+                    term,
+                    ..Revisions::default()
+                };
+            }
+        }
         for snapshot in &snapshots {
             if !self.lead.leader.leading() {
                 tracing::warn!("the lease ran out while publishing; stopped");
@@ -147,14 +238,19 @@ impl Publisher {
             }
             let body =
                 serde_json::to_vec(&snapshot.to_period_message()).expect("JSON values serialize");
-            if let Err(e) = self.kv.put(snapshot.period.kv_key(), body.into()).await {
-                tracing::warn!(error = %e, key = %snapshot.period.kv_key(), "cannot store the snapshot in KV");
+            if self.write(&snapshot.period.kv_key(), body).await.is_err() {
+                return;
             }
             if let Some(latest) = snapshot.period.latest_key() {
                 let body =
                     serde_json::to_vec(&snapshot.to_message()).expect("JSON values serialize");
-                if let Err(e) = self.kv.put(latest, body.clone().into()).await {
-                    tracing::warn!(error = %e, "cannot store the snapshot under latest");
+                // Only a snapshot whose `latest` write succeeded goes out.
+                if self.write(latest, body.clone()).await.is_err() {
+                    return;
+                }
+                if !self.lead.leader.leading() {
+                    tracing::warn!("the lease ran out while publishing; stopped");
+                    return;
                 }
                 match self
                     .client
@@ -188,24 +284,72 @@ impl Publisher {
         }
     }
 
-    /// Appends the record of a publish to `TRUEBIT_STATS`; a failure is logged, and the history
-    /// has a gap there (the next publish stores the next record).
+    /// Appends the record of a publish to `TRUEBIT_STATS`, fenced as the KV keys are: on the
+    /// sequence of the last record this instance wrote or read, so that a cut-off leader's late
+    /// record does not land after a newer leader's. A failure is logged, and the history has a
+    /// gap there (the next publish stores the next record).
     async fn store_history(&self, record: &HistoryRecord) {
+        let known = self.revisions().history;
+        let last = match known {
+            Some(seq) => seq,
+            None => match self.last_history_seq().await {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the last history record in TRUEBIT_STATS; not storing this one");
+                    return;
+                }
+            },
+        };
+        if !self.lead.leader.leading() {
+            tracing::warn!("the lease ran out while publishing; the history record is not stored");
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            last.to_string().as_str(),
+        );
         let stored = match self
             .js
-            .publish(subjects::STATS_HISTORY, record.to_json().into())
+            .publish_with_headers(subjects::STATS_HISTORY, headers, record.to_json().into())
             .await
         {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
         };
         match stored {
-            Ok(()) => {
+            Ok(ack) => {
+                self.revisions().history = Some(ack.sequence);
                 self.metrics.history_records.inc();
             }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                self.revisions().history = None;
+                tracing::warn!(
+                    "another instance stored a history record since this one last did: stopped publishing; reading the lease again"
+                );
+                self.lead.leader.fence();
+            }
             Err(e) => {
+                self.revisions().history = None;
                 tracing::warn!(error = %e, "cannot store the history record in TRUEBIT_STATS")
             }
+        }
+    }
+
+    /// The stream sequence of the last history record, 0 if there is none.
+    async fn last_history_seq(&self) -> Result<u64, Error> {
+        let stream = self
+            .js
+            .get_stream_no_info(HISTORY_STREAM)
+            .await
+            .map_err(|e| Error::nats("opening TRUEBIT_STATS", e))?;
+        match stream
+            .get_last_raw_message_by_subject(subjects::STATS_HISTORY)
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(Error::nats("reading TRUEBIT_STATS", e)),
         }
     }
 }

@@ -4,6 +4,11 @@
 //!
 //! Request: `{"period": "all", "at": "<RFC 3339>"}`, both optional. Reply: the object stored under
 //! `period.<P>`, or the micro protocol's error headers.
+//!
+//! A third endpoint, `admin-key` on [`ADMIN_KEY_QUERY`], lets `replay --output` beside a running
+//! `serve` check its `ADMIN_KEY` against the database that serve holds (contract §7: a rebuild
+//! decides as the live fold did): request `{"adminKey": "<key>"}` (or `null` for none), reply
+//! `{"ok": true}` or a 400 error that says what differs and what to do.
 
 use crate::publish::Publisher;
 use crate::Error;
@@ -13,7 +18,11 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::watch;
 use truebit_streams::names::STATS_SERVICE;
-use truebit_streams::{subjects, Minute, Period, StatsQuery};
+use truebit_streams::{subjects, Minute, Period, PublicKey, StatsQuery};
+
+/// Request-reply: `replay` asks a running `serve` whether its `ADMIN_KEY` is the one the
+/// database serve holds was folded with.
+pub(crate) const ADMIN_KEY_QUERY: &str = "truebit.stats.admin-key";
 
 /// Parses `--at`: RFC 3339, floored to the minute.
 pub(crate) fn parse_at(at: &str) -> Result<Minute, String> {
@@ -59,7 +68,8 @@ pub(crate) async fn answer(
     };
     let stats = endpoint("stats", subjects::STATS_QUERY).await?;
     let keys = endpoint("keys", subjects::KEYS_QUERY).await?;
-    let mut requests = futures::stream::select(stats, keys);
+    let admin_key = endpoint("admin-key", ADMIN_KEY_QUERY).await?;
+    let mut requests = futures::stream::select(futures::stream::select(stats, keys), admin_key);
     loop {
         let request = tokio::select! {
             _ = stop.changed() => break,
@@ -68,10 +78,10 @@ pub(crate) async fn answer(
                 None => return Err(format!("the {STATS_SERVICE} service stopped receiving requests")),
             },
         };
-        let answered = if request.message.subject.as_str() == subjects::KEYS_QUERY {
-            registry(&publisher).await.map_err(|e| (500, e))
-        } else {
-            respond(&publisher, &request.message.payload).await
+        let answered = match request.message.subject.as_str() {
+            subjects::KEYS_QUERY => registry(&publisher).await.map_err(|e| (500, e)),
+            ADMIN_KEY_QUERY => check_admin_key(&publisher, &request.message.payload).await,
+            _ => respond(&publisher, &request.message.payload).await,
         };
         let sent = match answered {
             Ok(answer) => {
@@ -122,6 +132,50 @@ fn parse_query(payload: &[u8]) -> Result<StatsQuery, String> {
         })?
     };
     Ok(query)
+}
+
+/// The body of an [`ADMIN_KEY_QUERY`] request.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AdminKeyQuery {
+    #[serde(rename = "adminKey")]
+    admin_key: Option<String>,
+}
+
+async fn check_admin_key(publisher: &Publisher, payload: &[u8]) -> Result<Value, (usize, String)> {
+    let query: AdminKeyQuery = serde_json::from_slice(payload).map_err(|e| {
+        (
+            400,
+            format!("the query is not JSON of the form {{\"adminKey\": ..}}: {e}"),
+        )
+    })?;
+    let key = match query.admin_key.as_deref() {
+        None => None,
+        Some(k) => Some(PublicKey::parse(k).ok_or_else(|| {
+            (
+                400,
+                format!("{k:?} is not a public key as `keys new-admin` prints one"),
+            )
+        })?),
+    };
+    let db = publisher.db();
+    match truebit_replay::task::blocking(move || db.check_admin_key(key.as_ref())).await {
+        Ok(()) => Ok(serde_json::json!({"ok": true})),
+        Err(e @ truebit_projections::Error::AdminKey { .. }) => Err((400, e.to_string())),
+        Err(e) => Err((500, e.to_string())),
+    }
+}
+
+/// Asks a running `serve` whether `key` is the root key its database was folded with; a
+/// different one is [`Error::Usage`], saying what to do.
+pub(crate) async fn ask_admin_key(
+    client: &async_nats::Client,
+    key: Option<&PublicKey>,
+) -> Result<(), Error> {
+    let body = serde_json::to_vec(&AdminKeyQuery {
+        admin_key: key.map(|k| k.to_string()),
+    })
+    .expect("a query serializes");
+    ask_on(client, ADMIN_KEY_QUERY, body).await.map(drop)
 }
 
 async fn registry(publisher: &Publisher) -> Result<Value, String> {

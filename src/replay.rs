@@ -28,7 +28,7 @@ const SHOWN_DIFFERENCES: usize = 20;
 
 pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let client = config.nats.connect("truebit-federation replay").await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     if config.verify {
         return verify(
             &js,
@@ -38,7 +38,12 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
         )
         .await;
     }
-    check_admin_key(&config.db_path, config.admin_key.as_ref()).await?;
+    // A swap needs the live file free: said first, with the way out, before serve is asked
+    // anything about a file it would have to let go of anyway.
+    if config.output.is_none() {
+        ensure_free(&config.db_path).await?;
+    }
+    check_admin_key(&client, &config.db_path, config.admin_key.as_ref()).await?;
     let options = truebit_replay::Options {
         to_seq: config.to_seq,
         prefer_checkpoint: true,
@@ -49,23 +54,73 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
         let rebuilt = run(&js, output, options).await?;
         return Ok(summary(&rebuilt, output));
     }
-    // Rebuild beside the live file, then swap it in only once complete. A running serve holds
-    // the live file: it must be stopped first, or the rebuild written elsewhere.
-    ensure_free(&config.db_path).await?;
+    // Rebuild beside the live file (checked free above), then swap it in only once complete.
     let temp = sibling(&config.db_path, "rebuild");
     remove_if_exists(&temp)?;
     let rebuilt = run(&js, &temp, options).await?;
-    ensure_free(&config.db_path).await?;
-    std::fs::rename(&temp, &config.db_path).map_err(Error::io(
-        "moving the rebuild into place over",
-        &config.db_path,
-    ))?;
+    let carried = {
+        let (temp, live) = (temp.clone(), config.db_path.clone());
+        truebit_replay::task::joined(tokio::task::spawn_blocking(move || swap_in(&temp, &live)))
+            .await?
+    };
     Ok(format!(
-        "{}replaced {}; serve resumes after sequence {}\n",
+        "{}replaced {}; serve resumes after sequence {}{carried}\n",
         summary(&rebuilt, &config.db_path),
         config.db_path.display(),
         rebuilt.last_seq
     ))
+}
+
+/// Moves the rebuild at `temp` over the live database at `live`, after taking over the live
+/// outbox: a rebuild's own is empty (it never publishes), and the dead letters the live
+/// database had not sent yet must not be lost with it (contract §4, §9). The live file stays
+/// open, and so locked against a serve starting, until the rebuild is in its place. Returns a
+/// sentence for the summary.
+fn swap_in(temp: &Path, live: &Path) -> Result<String, Error> {
+    let held = match Projections::open_existing(live) {
+        Ok(db) => Some(db),
+        Err(truebit_projections::Error::Missing { .. }) => None,
+        Err(truebit_projections::Error::Locked { path }) => {
+            return Err(Error::Usage(format!(
+                "{} is held by a running serve; stop it before replacing its database, or rebuild beside it with --output",
+                path.display()
+            )))
+        }
+        // A file of another schema cannot be read, outbox and all: replaced as before, and said.
+        Err(truebit_projections::Error::SchemaVersion { found, .. }) => {
+            std::fs::rename(temp, live)
+                .map_err(Error::io("moving the rebuild into place over", live))?;
+            return Ok(format!(
+                "; WARNING: the replaced database had schema version {found}, so any dead letters it had not sent yet could not be carried over: compare TRUEBIT_DLQ with the refusals in the stream"
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut said = String::new();
+    if let Some(live_db) = &held {
+        let rebuilt = Projections::open_existing(temp)?;
+        let (from, to) = (live_db.stream_identity()?, rebuilt.stream_identity()?);
+        let unsent = live_db.pending_dead_letter_count()?;
+        if from.is_some() && from != to {
+            // Their sequences are another stream's: sent under this one's name they would
+            // stand for the wrong messages.
+            if unsent > 0 {
+                said = format!(
+                    "; WARNING: {unsent} dead letters that the replaced database had not sent were of stream {}, not of {}, and are not carried over",
+                    from.unwrap_or_default(),
+                    to.unwrap_or_default()
+                );
+            }
+        } else {
+            let carried = rebuilt.carry_dead_letters(live_db)?;
+            if carried > 0 {
+                said = format!("; {carried} dead letters not sent yet carried over");
+            }
+        }
+    }
+    std::fs::rename(temp, live).map_err(Error::io("moving the rebuild into place over", live))?;
+    drop(held);
+    Ok(said)
 }
 
 /// Rebuilds up to the live database's last sequence and compares the two record by record. The
@@ -213,18 +268,36 @@ fn summary(rebuilt: &truebit_replay::Rebuilt, path: &Path) -> String {
     )
 }
 
-/// A rebuild must fold with the root key the live database was folded with (contract §7).
-async fn check_admin_key(db_path: &Path, configured: Option<&PublicKey>) -> Result<(), Error> {
+/// A rebuild must fold with the root key the live database was folded with (contract §7). A
+/// database that a running serve holds cannot be read here: that serve is asked instead.
+async fn check_admin_key(
+    client: &async_nats::Client,
+    db_path: &Path,
+    configured: Option<&PublicKey>,
+) -> Result<(), Error> {
     if !db_path.exists() {
         return Ok(());
     }
     let path = db_path.to_path_buf();
-    let configured = configured.cloned();
-    match blocking(move || Projections::open_existing(path)?.check_admin_key(configured.as_ref()))
-        .await
+    let key = configured.cloned();
+    match blocking(move || Projections::open_existing(path)?.check_admin_key(key.as_ref())).await
     {
         Err(e @ truebit_projections::Error::AdminKey { .. }) => Err(e.into()),
-        // Held by serve, or of another schema: the swap's own checks say so.
+        Err(truebit_projections::Error::Locked { path }) => {
+            crate::query::ask_admin_key(client, configured)
+                .await
+                .map_err(|e| match e {
+                    Error::Usage(said) => Error::Usage(format!(
+                        "{said} (answered by the serve that holds {})",
+                        path.display()
+                    )),
+                    other => Error::Usage(format!(
+                        "{} is held by another process, and ADMIN_KEY cannot be checked against it: {other}; a rebuild folded with another root key than the live fold's decides differently, so run replay where serve answers, or stop serve first",
+                        path.display()
+                    )),
+                })
+        }
+        // Of another schema: the swap's own checks say so.
         _ => Ok(()),
     }
 }

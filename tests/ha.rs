@@ -13,23 +13,37 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
 use truebit_testkit::{
-    signal, NatsCluster, NatsServer, Reaped, SIGCONT, SIGKILL, SIGSTOP, SIGTERM,
+    signal, NatsCluster, NatsServer, Reaped, TcpProxy, SIGCONT, SIGKILL, SIGSTOP, SIGTERM,
 };
 
 /// Starts `serve --instance NAME` on the server(s) at `url`, its streams at `replicas`.
 fn instance(url: &str, dir: &Path, name: &str, replicas: usize) -> Reaped {
+    instance_with_log(url, dir, name, replicas, 200).0
+}
+
+/// [`instance`], with its log lines as it writes them (echoed too, so that a failed exit shows
+/// what the instance said).
+fn instance_with_log(
+    url: &str,
+    dir: &Path,
+    name: &str,
+    replicas: usize,
+    interval_ms: u64,
+) -> (Reaped, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let mut c = command(url, &dir.join(format!("{name}.redb")));
     c.env("INSTANCE", name)
-        .env("REPLICAS", replicas.to_string());
+        .env("REPLICAS", replicas.to_string())
+        .env("PUBLISH_INTERVAL", interval_ms.to_string());
     let (child, log) = spawn_serve_with(c);
-    // Echoed, so that a failed exit shows what the instance said.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let name = name.to_string();
     std::thread::spawn(move || {
         for line in log {
             eprintln!("[{name}] {line}");
+            let _ = tx.send(line);
         }
     });
-    child
+    (child, rx)
 }
 
 fn heartbeats(node: &str, n: usize) -> Vec<(String, Vec<u8>)> {
@@ -214,6 +228,123 @@ async fn a_leader_paused_past_its_lease_does_not_publish_when_it_wakes() {
     assert_eq!(holder(&js).await.as_deref(), Some("b"));
     for mut p in [a, b] {
         signal(&p, SIGTERM);
+        assert!(p.wait().unwrap().success());
+    }
+}
+
+/// Contract §9, fencing: a leader cut off by a partition that keeps its connection open (the
+/// proxy holds it silent) has writes waiting in its client; when the partition heals they reach
+/// the server after the standby took over and published newer numbers. Neither the subject nor
+/// KV steps back: every write of a snapshot is a compare-and-set on the revision the writer
+/// last saw, and a snapshot goes out only after its `latest` write succeeded.
+#[tokio::test]
+async fn a_leader_cut_off_by_a_partition_cannot_move_the_numbers_back() {
+    let server = NatsServer::start();
+    let proxy = TcpProxy::start(&server.url());
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let mut snapshots = client.subscribe("truebit.stats.aggregated").await.unwrap();
+    let patience = || tokio::time::Instant::now() + common::PATIENCE;
+    // Every snapshot on the subject, in order: its last sequence never goes down.
+    let mut highest = 0;
+    let mut next = |who_seq: (String, u64)| {
+        assert!(
+            who_seq.1 >= highest,
+            "{} published a snapshot at sequence {} after one at {highest}",
+            who_seq.0,
+            who_seq.1
+        );
+        highest = who_seq.1;
+        who_seq
+    };
+
+    // a reaches NATS only through the proxy; b directly. a publishes every second, so that the
+    // partition, made right after one of its snapshots, falls well before its next one.
+    let (mut a, mut a_log) = instance_with_log(&proxy.url(), dir.path(), "a", 1, 1000);
+    assert_eq!(next(next_snapshot(&mut snapshots, patience()).await).0, "a");
+    let b = instance(&url, dir.path(), "b", 1);
+    let before = common::publish(&js, &heartbeats("node-1", 10)).await;
+    let deadline = patience();
+    while next(next_snapshot(&mut snapshots, deadline).await).1 < before {}
+
+    // Every value each snapshot key takes from here on: the number of nodes never goes down.
+    let kv = js.get_key_value("truebit-stats").await.unwrap();
+    let mut kv_values = kv.watch_all().await.unwrap();
+    let kv_checked = tokio::spawn(async move {
+        let mut seen = std::collections::HashMap::<String, u64>::new();
+        while let Some(entry) = kv_values.next().await {
+            let entry = entry.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+            let nodes = body["data"]["totalNodes"].as_u64().unwrap();
+            let was = seen.insert(entry.key.clone(), nodes).unwrap_or(0);
+            assert!(
+                nodes >= was,
+                "KV {} went back from {was} to {nodes} nodes",
+                entry.key
+            );
+        }
+    });
+
+    // Cut a off right after one of its snapshots, so that the next one is in its hands.
+    while next(next_snapshot(&mut snapshots, patience()).await).0 != "a" {}
+    proxy.hold();
+    let newer = common::publish(&js, &heartbeats("node-2", 10)).await;
+    let deadline = patience();
+    loop {
+        let (who, seq) = next(next_snapshot(&mut snapshots, deadline).await);
+        if who == "b" && seq >= newer {
+            break;
+        }
+    }
+
+    // Healed: what a held reaches the server now. a learns it lost the lease by reading it
+    // again, which the server answers only after everything a sent before.
+    proxy.release();
+    let deadline = patience();
+    loop {
+        let line = tokio::time::timeout_at(deadline, a_log.recv())
+            .await
+            .expect("a hears from the server again")
+            .expect("a is running");
+        if line.contains("lost the lease") {
+            break;
+        }
+    }
+    // Two more snapshots of b, each sent after the server handled all of a's late writes.
+    for _ in 0..2 {
+        let (who, _) = next(next_snapshot(&mut snapshots, patience()).await);
+        assert_eq!(who, "b", "only b publishes after the partition");
+    }
+    let latest: serde_json::Value =
+        serde_json::from_slice(&kv.get("latest").await.unwrap().unwrap()).unwrap();
+    assert_eq!(latest["data"]["totalNodes"], 2, "latest holds b's numbers");
+    // Nor does the history in TRUEBIT_STATS go back.
+    let mut history = js.get_stream("TRUEBIT_STATS").await.unwrap();
+    let last = history.info().await.unwrap().state.last_sequence;
+    let mut folded = 0;
+    for seq in 1..=last {
+        let m = history.get_raw_message(seq).await.unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let at = record["seq"].as_u64().unwrap();
+        assert!(
+            at >= folded,
+            "history record {seq} is of sequence {at}, after one of {folded}"
+        );
+        folded = at;
+    }
+    if kv_checked.is_finished() {
+        match kv_checked.await {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            ended => panic!("the KV watch ended: {ended:?}"),
+        }
+    }
+    kv_checked.abort();
+
+    let mut b = b;
+    for p in [&mut a, &mut b] {
+        signal(p, SIGTERM);
         assert!(p.wait().unwrap().success());
     }
 }

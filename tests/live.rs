@@ -585,6 +585,16 @@ async fn a_dead_letter_that_cannot_be_stored_waits_in_the_outbox_across_a_restar
         let pending = db.pending_dead_letters(10).unwrap();
         assert_eq!(pending.len(), 1, "kept on disk: {pending:?}");
         assert_eq!(pending[0].0, bad);
+        // With the minute JetStream stored the message, against which TRUEBIT_DLQ's max_age is
+        // measured (contract §9).
+        let stored = db.outbox(1).unwrap()[0]
+            .stored_minute
+            .expect("a stored minute");
+        let now = chrono::Utc::now().timestamp().div_euclid(60);
+        assert!(
+            (now - 5..=now).contains(&stored),
+            "stored in minute {stored}, now is {now}"
+        );
     }
 
     // The next start recreates TRUEBIT_DLQ and sends what waited.
@@ -706,4 +716,110 @@ async fn a_dead_letter_of_an_earlier_events_stream_does_not_stand_for_this_ones(
     served.stop().await.unwrap();
     let db = Projections::open_existing(&served.db_path).unwrap();
     assert_eq!(db.pending_dead_letter_count().unwrap(), 0);
+}
+
+/// Contract §9: no instance sends a dead letter for a message stored longer ago than
+/// `TRUEBIT_DLQ`'s `max_age` (30 days here): its letter would have expired, so an instance whose
+/// outbox still holds one (a new instance on an old stream, a standby restarted after that)
+/// does not send the old ones again. The refusal of message 1 is recorded as a fold would have
+/// recorded it 31 days after JetStream stored it; message 2, refused now, is sent.
+#[tokio::test]
+async fn no_dead_letter_is_sent_for_a_message_stored_longer_ago_than_the_dlq_keeps_letters() {
+    let mut served = Served::start().await;
+    served.stop().await.unwrap();
+    let old = served
+        .publish(&[("truebit.heartbeat".to_string(), b"{old".to_vec())])
+        .await;
+    {
+        let db = Projections::open_existing(&served.db_path).unwrap();
+        let rejection = truebit_streams::validate("truebit.heartbeat", b"{old", chrono::Utc::now())
+            .unwrap_err();
+        let month_ago = chrono::Utc::now() - chrono::Duration::days(31);
+        db.apply(
+            &[truebit_projections::Input {
+                seq: old,
+                stored_minute: month_ago.timestamp().div_euclid(60),
+                signer: truebit_streams::Signer::Unsigned,
+                event: Err(truebit_projections::Refusal::dead_lettered(
+                    &rejection,
+                    "truebit.heartbeat",
+                    old,
+                    b"{old",
+                )),
+            }],
+            truebit_projections::Outbox::Record,
+        )
+        .unwrap();
+        assert_eq!(db.pending_dead_letter_count().unwrap(), 1);
+    }
+    served.serve();
+    let new = served
+        .publish(&[("truebit.heartbeat".to_string(), b"{new".to_vec())])
+        .await;
+    served.wait_folded(new).await;
+    let mut dlq =
+        common::wait_for_dead_letters(&served.js, 1, "the new refusal was not sent").await;
+    served.stop().await.unwrap();
+    // Sent in sequence order: had the old one been sent, it would be there before the new one.
+    let stored = dlq.info().await.unwrap().state.messages;
+    let mut sent = Vec::new();
+    for seq in 1..=stored {
+        let m = dlq.get_raw_message(seq).await.unwrap();
+        sent.push(m.headers.get("Truebit-Original-Seq").unwrap().to_string());
+    }
+    assert_eq!(
+        sent,
+        [new.to_string()],
+        "only the new refusal has a dead letter"
+    );
+    let db = Projections::open_existing(&served.db_path).unwrap();
+    assert_eq!(
+        db.pending_dead_letter_count().unwrap(),
+        0,
+        "the expired one is dropped, not kept for ever"
+    );
+}
+
+/// Contract §9: an instance that starts reading `TRUEBIT_DLQ` after its last letter was deleted
+/// (an operator's `nats stream rmm`) never sees that sequence; it still reads to the end and
+/// sends the next refusal's dead letter.
+#[tokio::test]
+async fn deleting_the_last_dead_letter_does_not_stop_the_next_ones() {
+    let mut served = Served::start().await;
+    let bad = served
+        .publish(&[
+            ("truebit.heartbeat".to_string(), b"{one".to_vec()),
+            ("truebit.heartbeat".to_string(), b"{two".to_vec()),
+        ])
+        .await;
+    served.wait_folded(bad).await;
+    let mut dlq =
+        common::wait_for_dead_letters(&served.js, 2, "the first letters were not sent").await;
+    served.stop().await.unwrap();
+    let last = dlq.info().await.unwrap().state.last_sequence;
+    assert!(dlq.delete_message(last).await.unwrap());
+    let state = dlq.info().await.unwrap().state.clone();
+    assert_eq!(
+        (state.messages, state.last_sequence),
+        (1, last),
+        "JetStream keeps the deleted letter's sequence as the last"
+    );
+
+    served.serve();
+    let third = served
+        .publish(&[("truebit.heartbeat".to_string(), b"{three".to_vec())])
+        .await;
+    served.wait_folded(third).await;
+    common::wait_for_dead_letters(
+        &served.js,
+        2,
+        "the new refusal's dead letter was never sent after the last letter was deleted",
+    )
+    .await;
+    let m = dlq.get_raw_message(last + 1).await.unwrap();
+    assert_eq!(
+        m.headers.get("Truebit-Original-Seq").unwrap().as_str(),
+        third.to_string()
+    );
+    served.stop().await.unwrap();
 }

@@ -400,6 +400,7 @@ async fn stats_is_a_nats_micro_service() {
     assert_eq!(
         endpoints,
         [
+            ("admin-key", "truebit.stats.admin-key"),
             ("keys", "truebit.keys.query"),
             ("stats", "truebit.stats.query")
         ]

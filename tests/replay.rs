@@ -170,11 +170,15 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
     let (mut served, _fleet, _expected, last) = folded_fleet(600).await;
     let url = served.server.url();
     let output = served.dir.path().join("rebuilt.redb");
-    let out = run_ok(
-        &url,
-        &served.db_path,
-        &["replay", "--output", output.to_str().unwrap()],
-    );
+    // On a blocking thread: replay asks the in-process serve for its ADMIN_KEY meanwhile.
+    let out = {
+        let (url, db, output) = (url.clone(), served.db_path.clone(), output.clone());
+        tokio::task::spawn_blocking(move || {
+            run_ok(&url, &db, &["replay", "--output", output.to_str().unwrap()])
+        })
+        .await
+        .unwrap()
+    };
     assert!(out.contains(&format!("up to sequence {last}")), "{}", out);
     // Replacing the live file while serve holds it is refused, with the way out.
     let refused = run(&url, &served.db_path, &["replay"]);
@@ -193,6 +197,8 @@ async fn a_rebuild_beside_a_running_serve_gives_identical_stats() {
         );
     }
     assert_eq!(live.differences(&rebuilt, 5).unwrap(), Vec::<String>::new());
+    // Let go: replay beside a database some process holds asks a serve for its ADMIN_KEY.
+    drop((live, rebuilt));
 
     let partial = served.dir.path().join("partial.redb");
     run_ok(
@@ -398,4 +404,120 @@ async fn events_expired_by_max_age_are_still_counted_through_the_checkpoint() {
     );
     let db = Projections::open_existing(&rebuilt).unwrap();
     common::assert_fleet_counts(&db, &expected);
+}
+
+/// Contract §4 and §9: a rebuild swapped in takes over the dead letters the live database had
+/// not sent yet (they are never dropped silently), and serve sends them after the swap, once;
+/// a rebuild kept at `--output` takes none.
+#[tokio::test]
+async fn a_swapped_in_rebuild_carries_the_unsent_dead_letters_and_an_output_takes_none() {
+    let mut served = Served::start().await;
+    // No stream for truebit.dlq.> for now: the dead letter waits in the outbox.
+    served.js.delete_stream("TRUEBIT_DLQ").await.unwrap();
+    let bad = served
+        .publish(&[("truebit.heartbeat".to_string(), b"{not json".to_vec())])
+        .await;
+    served.wait_folded(bad).await;
+    served.stop().await.unwrap();
+    let url = served.server.url();
+    let unsent = |path: &Path| {
+        let db = Projections::open_existing(path).unwrap();
+        db.pending_dead_letters(10)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(unsent(&served.db_path), [bad]);
+
+    let output = served.dir.path().join("beside.redb");
+    run_ok(
+        &url,
+        &served.db_path,
+        &["replay", "--output", output.to_str().unwrap()],
+    );
+    assert_eq!(unsent(&output), [] as [u64; 0], "--output takes none");
+
+    let out = run_ok(&url, &served.db_path, &["replay"]);
+    assert_eq!(
+        unsent(&served.db_path),
+        [bad],
+        "the swapped-in rebuild still owes the dead letter"
+    );
+    assert!(
+        out.contains("1 dead letters not sent yet carried over"),
+        "{out}"
+    );
+
+    // Serve recreates TRUEBIT_DLQ and sends it, once.
+    served.serve();
+    served.wait_folded(bad).await; // the topology exists again
+    let dlq = common::wait_for_dead_letters(&served.js, 1, "the carried letter was not sent").await;
+    served.stop().await.unwrap();
+    let mut dlq = dlq;
+    assert_eq!(dlq.info().await.unwrap().state.messages, 1);
+    let m = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        m.headers.get("Truebit-Original-Seq").unwrap().as_str(),
+        bad.to_string()
+    );
+    assert_eq!(unsent(&served.db_path), [] as [u64; 0]);
+}
+
+/// Contract §7: `replay --output` beside a running `serve` folds with the root key the live
+/// database was folded with; serve holds that database, so replay asks serve, and another
+/// `ADMIN_KEY` exits 2 with the way out instead of writing a rebuild that decides differently.
+#[tokio::test]
+async fn a_rebuild_beside_a_running_serve_with_another_admin_key_is_refused() {
+    use truebit_streams::SigningKey;
+    let admin = SigningKey::generate();
+    let root = admin.public_key().clone();
+    let served = Served::start_with(move |c| c.admin_key = Some(root.clone())).await;
+    let url = served.server.url();
+    let seed = served.dir.path().join("admin.seed");
+    std::fs::write(&seed, admin.seed()).unwrap();
+    std::fs::set_permissions(&seed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // An operator event folded: from now on the root key decides, and may not change.
+    run_ok(
+        &url,
+        &served.db_path,
+        &[
+            "keys",
+            "mode",
+            "audit",
+            "--admin-seed",
+            seed.to_str().unwrap(),
+        ],
+    );
+    let mut events = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let last = events.info().await.unwrap().state.last_sequence;
+    served.wait_folded(last).await;
+
+    // On a blocking thread: the in-process serve must answer it meanwhile.
+    let replay_with = |key: &str, output: &str| {
+        let mut c = Command::new(BIN);
+        c.env("NATS_URL", &url)
+            .env("DB_PATH", &served.db_path)
+            .env("ADMIN_KEY", key)
+            .args(["replay", "--output"])
+            .arg(served.dir.path().join(output))
+            .stdin(Stdio::null());
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+    };
+    let other = SigningKey::generate();
+    let refused = replay_with(other.public_key().as_str(), "other.redb")
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(
+        said.contains("ADMIN_KEY") && said.contains("set ADMIN_KEY back"),
+        "{said}"
+    );
+    assert!(!served.dir.path().join("other.redb").exists());
+
+    let same = replay_with(admin.public_key().as_str(), "same.redb")
+        .await
+        .unwrap();
+    assert!(same.status.success(), "{}", text(&same));
 }

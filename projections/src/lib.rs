@@ -62,6 +62,7 @@ mod writer;
 
 pub use error::Error;
 pub use history::{Point, Step};
+pub use outbox::PendingDeadLetter;
 pub use runs::DEFAULT_RUN_LEN;
 pub use store::{Options, Projections, CACHE_BYTES};
 pub use tables::SCHEMA_VERSION;

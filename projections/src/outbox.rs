@@ -1,22 +1,86 @@
 //! The dead-letter outbox: refusals recorded by the commit that folded them, waiting for the
 //! service to see them stored in `TRUEBIT_DLQ`.
+//!
+//! An entry is the dead letter followed by the minute JetStream stored the refused message, so
+//! that no instance sends a letter for a message older than `TRUEBIT_DLQ`'s `max_age` (contract
+//! §9). Entries written before the minute was kept are the dead letter alone; they decode with
+//! no minute, and are sent as before.
 
-use crate::records::decode;
-use crate::{tables, Error, Projections};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use truebit_streams::DeadLetter;
+use crate::records::{decode, encode};
+use crate::{tables, Error, Input, Projections};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use truebit_streams::{DeadLetter, Minute};
+
+/// A dead letter waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDeadLetter {
+    /// The refused message's sequence in `TRUEBIT_EVENTS`.
+    pub seq: u64,
+    pub dead_letter: DeadLetter,
+    /// The minute JetStream stored the refused message; `None` for an entry recorded before
+    /// the outbox kept it.
+    pub stored_minute: Option<Minute>,
+}
+
+fn decode_entry(seq: u64, bytes: &[u8]) -> Result<PendingDeadLetter, Error> {
+    let corrupt = |e: postcard::Error| Error::Corrupt {
+        table: "outbox",
+        detail: e.to_string(),
+    };
+    let (dead_letter, rest) = postcard::take_from_bytes::<DeadLetter>(bytes).map_err(corrupt)?;
+    let stored_minute = if rest.is_empty() {
+        None
+    } else {
+        Some(decode::<Minute>("outbox", rest)?)
+    };
+    Ok(PendingDeadLetter {
+        seq,
+        dead_letter,
+        stored_minute,
+    })
+}
 
 impl Projections {
     /// Up to `limit` dead letters not yet dropped, oldest original sequence first.
     pub fn pending_dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, Error> {
+        Ok(self
+            .outbox(limit)?
+            .into_iter()
+            .map(|p| (p.seq, p.dead_letter))
+            .collect())
+    }
+
+    /// Up to `limit` entries of the outbox, oldest original sequence first, each with the
+    /// minute its refused message was stored where the entry knows it.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<PendingDeadLetter>, Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(tables::OUTBOX)?;
         let mut out = Vec::new();
         for row in table.iter()?.take(limit) {
             let (seq, bytes) = row?;
-            out.push((seq.value(), decode("outbox", bytes.value())?));
+            out.push(decode_entry(seq.value(), bytes.value())?);
         }
         Ok(out)
+    }
+
+    /// Takes over the outbox of `live` (the database a rebuild replaces): its unsent dead
+    /// letters are added to this one's, so that a swap drops none of them (contract §4, §9).
+    /// Returns how many were carried.
+    pub fn carry_dead_letters(&self, live: &Projections) -> Result<u64, Error> {
+        let read = live.db.begin_read()?;
+        let from = read.open_table(tables::OUTBOX)?;
+        let txn = self.db.begin_write()?;
+        let mut carried = 0;
+        {
+            let mut to = txn.open_table(tables::OUTBOX)?;
+            for row in from.iter()? {
+                let (seq, bytes) = row?;
+                to.insert(seq.value(), bytes.value())?;
+                carried += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(carried)
     }
 
     /// How many dead letters wait in the outbox.
@@ -41,6 +105,36 @@ impl Projections {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Adds the stored minute to the outbox entries that `batch` recorded in `txn`: those above
+/// `before`, the last sequence folded before it (an entry at or below it is older, and was
+/// stamped by its own commit). Refusals are rare, so this is one empty range read per commit.
+pub(crate) fn stamp_stored_minutes(
+    txn: &WriteTransaction,
+    before: u64,
+    batch: &[Input],
+) -> Result<(), Error> {
+    let mut table = txn.open_table(tables::OUTBOX)?;
+    let recorded: Vec<(u64, Vec<u8>)> = table
+        .range(before.saturating_add(1)..)?
+        .map(|row| row.map(|(seq, bytes)| (seq.value(), bytes.value().to_vec())))
+        .collect::<Result<_, _>>()?;
+    for (seq, mut bytes) in recorded {
+        // A batch comes in stream order; the linear search is only for one that does not.
+        let found = match batch.binary_search_by_key(&seq, |i| i.seq) {
+            Ok(at) => batch.get(at),
+            Err(_) => batch.iter().find(|i| i.seq == seq),
+        };
+        let Some(input) = found else {
+            continue;
+        };
+        if postcard::take_from_bytes::<DeadLetter>(&bytes).is_ok_and(|(_, rest)| rest.is_empty()) {
+            bytes.extend(encode(&input.stored_minute));
+            table.insert(seq, bytes.as_slice())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,6 +191,64 @@ mod tests {
             )
             .unwrap();
         assert_eq!(db.differences(&other, 10).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_entry_keeps_the_minute_its_message_was_stored_and_an_older_entry_still_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Projections::open(dir.path().join("db.redb")).unwrap();
+        let mut first = refused(1, true);
+        first.stored_minute = 29_000_000;
+        db.apply(&[first], Outbox::Record).unwrap();
+        let mut second = refused(2, true);
+        second.stored_minute = 29_000_007;
+        // A batch that folds nothing new leaves the entries before it as they were.
+        db.apply(&[refused(1, true), second], Outbox::Record)
+            .unwrap();
+        // An entry as written before the minute was kept: the dead letter alone.
+        let older = refused(5, true);
+        let Err(Refusal {
+            dead_letter: Some(dead),
+            ..
+        }) = &older.event
+        else {
+            unreachable!()
+        };
+        let txn = db.db.begin_write().unwrap();
+        txn.open_table(tables::OUTBOX)
+            .unwrap()
+            .insert(5, encode(dead).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let minutes: Vec<(u64, Option<Minute>)> = db
+            .outbox(10)
+            .unwrap()
+            .iter()
+            .map(|p| (p.seq, p.stored_minute))
+            .collect();
+        assert_eq!(
+            minutes,
+            [(1, Some(29_000_000)), (2, Some(29_000_007)), (5, None)]
+        );
+        assert_eq!(db.pending_dead_letters(10).unwrap()[2].1, *dead);
+    }
+
+    #[test]
+    fn a_rebuild_takes_over_the_unsent_dead_letters_of_the_database_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Projections::open(dir.path().join("live.redb")).unwrap();
+        let mut first = refused(3, true);
+        first.stored_minute = 7;
+        live.apply(&[first, refused(4, true)], Outbox::Record)
+            .unwrap();
+        live.drop_dead_letters(&[4]).unwrap();
+        let rebuilt = Projections::open(dir.path().join("rebuilt.redb")).unwrap();
+        rebuilt
+            .apply(&[refused(3, false), refused(4, false)], Outbox::Skip)
+            .unwrap();
+        assert_eq!(rebuilt.pending_dead_letter_count().unwrap(), 0);
+        assert_eq!(rebuilt.carry_dead_letters(&live).unwrap(), 1);
+        assert_eq!(rebuilt.outbox(10).unwrap(), live.outbox(10).unwrap());
     }
 
     #[test]

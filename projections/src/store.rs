@@ -199,8 +199,9 @@ impl Projections {
     pub fn apply(&self, batch: &[Input], outbox: Outbox) -> Result<Applied, Error> {
         let mut locators = self.locators()?;
         let txn = self.db.begin_write()?;
-        let (applied, tasks, invoices) = {
+        let (before, applied, tasks, invoices) = {
             let mut w = Writer::open(&txn, &locators, self.run_len, outbox)?;
+            let before = w.last_seq;
             let mut applied = Applied {
                 last_seq: w.last_seq,
                 ..Applied::default()
@@ -223,8 +224,11 @@ impl Projections {
                 *slot = w.admission_checked(outcome);
             }
             let (tasks, invoices) = w.flush()?;
-            (applied, tasks, invoices)
+            (before, applied, tasks, invoices)
         };
+        if outbox == Outbox::Record {
+            crate::outbox::stamp_stored_minutes(&txn, before, batch)?;
+        }
         txn.commit()?;
         locators.tasks.committed(tasks);
         locators.invoices.committed(invoices);

@@ -10,6 +10,9 @@
 //!   one that succeeded, counted from when that renewal was *sent*: before anyone else's
 //!   [`TAKE_AFTER`] can have passed, whatever the network did in between. So a partition, or a
 //!   process paused past its lease, never leaves two instances publishing.
+//! - Fencing: an instance whose compare-and-set on a snapshot key failed (another instance
+//!   published since) is [fenced](Lease::fence): it stops publishing until it has read the lease
+//!   again and renewed it.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +48,10 @@ pub(crate) struct Lease {
     watching: Option<(u64, Instant)>,
     /// Whether this instance may take the lease (caught up as far as the last publish).
     eligible: bool,
+    /// Another instance wrote a snapshot key: not publishing until the next renewal.
+    fenced: bool,
+    /// How many times this instance took the lease: a new term starts from fresh revisions.
+    terms: u64,
 }
 
 impl Lease {
@@ -53,6 +60,8 @@ impl Lease {
             held: None,
             watching: None,
             eligible: false,
+            fenced: false,
+            terms: 0,
         }
     }
 
@@ -65,8 +74,22 @@ impl Lease {
 
     /// Whether this instance may publish at `now`.
     pub fn leading(&self, now: Instant) -> bool {
-        self.held
-            .is_some_and(|(_, sent)| now.saturating_duration_since(sent) < STOP_AFTER)
+        !self.fenced
+            && self
+                .held
+                .is_some_and(|(_, sent)| now.saturating_duration_since(sent) < STOP_AFTER)
+    }
+
+    /// Another instance published a snapshot: stop at once, until a renewal shows the lease is
+    /// still this instance's.
+    pub fn fence(&mut self) {
+        self.fenced = true;
+    }
+
+    /// Which term of leadership this is (0 before the first): it changes each time this
+    /// instance takes the lease, not when it renews it.
+    pub fn term(&self) -> u64 {
+        self.terms
     }
 
     /// The step after reading the key at `now`.
@@ -104,8 +127,12 @@ impl Lease {
     pub fn wrote(&mut self, result: Option<u64>, sent: Instant) {
         match result {
             Some(revision) => {
+                if self.held.is_none() {
+                    self.terms += 1;
+                }
                 self.held = Some((revision, sent));
                 self.watching = None;
+                self.fenced = false;
             }
             None => self.held = None,
         }
@@ -120,6 +147,7 @@ impl Lease {
     pub fn released(&mut self) {
         self.held = None;
         self.watching = None;
+        self.fenced = false;
     }
 }
 
@@ -166,6 +194,33 @@ mod tests {
         a.next(Some(&seen(1, "a")), t0 + RENEW_EVERY);
         a.wrote(None, t0 + RENEW_EVERY);
         assert!(!a.leading(t0 + RENEW_EVERY));
+    }
+
+    #[test]
+    fn a_fenced_leader_stops_at_once_and_publishes_again_only_after_a_renewal() {
+        let t0 = Instant::now();
+        let mut a = Lease::new();
+        a.set_eligible(true);
+        a.next(None, t0);
+        a.wrote(Some(1), t0);
+        assert_eq!(a.term(), 1);
+        a.fence();
+        assert!(!a.leading(t0), "fenced: not publishing, lease or not");
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(
+            a.next(Some(&seen(1, "a")), t1),
+            Step::Update { revision: 1 },
+            "still its own lease: renewed"
+        );
+        a.wrote(Some(2), t1);
+        assert!(a.leading(t1));
+        assert_eq!(a.term(), 1, "a renewal is the same term");
+        // Taken meanwhile: a renewal fails, and so the fence holds until a new term.
+        a.fence();
+        a.next(Some(&seen(3, "b")), t1 + RENEW_EVERY);
+        assert!(!a.leading(t1 + RENEW_EVERY));
+        a.wrote(Some(9), t1 + TAKE_AFTER * 3);
+        assert_eq!(a.term(), 2, "taken again: a new term");
     }
 
     #[test]

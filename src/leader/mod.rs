@@ -51,6 +51,20 @@ impl Leader {
         }
     }
 
+    /// Another instance published a snapshot (a compare-and-set on a snapshot key failed): stops
+    /// publishing at once and has the lease read again; publishing resumes only after a
+    /// renewal shows the lease is still this instance's (contract §9, "Fencing").
+    pub fn fence(&self) {
+        self.lease().fence();
+        self.announce();
+        self.poke.notify_one();
+    }
+
+    /// Which term of leadership this is: it changes each time this instance takes the lease.
+    pub fn term(&self) -> u64 {
+        self.lease().term()
+    }
+
     /// Tells subscribers whether this instance leads now, if that changed.
     fn announce(&self) {
         let now = self.leading();
@@ -95,9 +109,16 @@ pub(crate) async fn run(
             }
         };
         let sent = Instant::now();
+        let held_before = leader.lease().held_revision().is_some();
         let step = leader.lease().next(seen.as_ref(), sent);
+        let still_held = leader.lease().held_revision().is_some();
         let result = match step {
             Step::Wait => {
+                // Taken while this instance could not read the key (cut off, paused): it learns
+                // so only now, and says so, as when a renewal fails.
+                if held_before && !still_held {
+                    tracing::warn!(instance = %me, holder = ?seen.map(|s| s.holder), "lost the lease: no longer publishing");
+                }
                 leader.announce();
                 continue;
             }
@@ -122,9 +143,8 @@ pub(crate) async fn run(
                 }
             }
         };
-        let held_before = leader.lease().held_revision().is_some();
         leader.lease().wrote(result, sent);
-        match (held_before, result) {
+        match (still_held, result) {
             (false, Some(_)) => {
                 tracing::info!(instance = %me, previous = ?seen.map(|s| s.holder), "took the lease: publishing")
             }

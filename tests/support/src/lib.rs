@@ -1,5 +1,6 @@
-//! Test and benchmark support for truebit-federation: real `nats-server` processes, a simulated
-//! fleet of nodes with the counts it expects, and the shared fixtures.
+//! Test and benchmark support for truebit-federation: real `nats-server` processes, a TCP proxy
+//! that can hold a connection open but silent, a simulated fleet of nodes with the counts it
+//! expects, and the shared fixtures.
 //!
 //! ```no_run
 //! let server = truebit_testkit::NatsServer::start();
@@ -8,11 +9,13 @@
 
 mod cluster;
 mod fleet;
+mod proxy;
 mod publish;
 mod server;
 
 pub use cluster::NatsCluster;
 pub use fleet::{Expected, Fleet, Simulated};
+pub use proxy::TcpProxy;
 pub use publish::{publish_all, publish_all_with_headers};
 pub use server::{
     nats_server_binary, signal, NatsServer, Reaped, SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM,
