@@ -7,8 +7,8 @@
 //! no minute, and are sent as before.
 
 use crate::records::{decode, encode};
-use crate::{tables, Error, Input, Projections};
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use crate::{tables, Error, Projections};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use truebit_streams::{DeadLetter, Minute};
 
 /// A dead letter waiting in the outbox.
@@ -107,34 +107,11 @@ impl Projections {
     }
 }
 
-/// Adds the stored minute to the outbox entries that `batch` recorded in `txn`: those above
-/// `before`, the last sequence folded before it (an entry at or below it is older, and was
-/// stamped by its own commit). Refusals are rare, so this is one empty range read per commit.
-pub(crate) fn stamp_stored_minutes(
-    txn: &WriteTransaction,
-    before: u64,
-    batch: &[Input],
-) -> Result<(), Error> {
-    let mut table = txn.open_table(tables::OUTBOX)?;
-    let recorded: Vec<(u64, Vec<u8>)> = table
-        .range(before.saturating_add(1)..)?
-        .map(|row| row.map(|(seq, bytes)| (seq.value(), bytes.value().to_vec())))
-        .collect::<Result<_, _>>()?;
-    for (seq, mut bytes) in recorded {
-        // A batch comes in stream order; the linear search is only for one that does not.
-        let found = match batch.binary_search_by_key(&seq, |i| i.seq) {
-            Ok(at) => batch.get(at),
-            Err(_) => batch.iter().find(|i| i.seq == seq),
-        };
-        let Some(input) = found else {
-            continue;
-        };
-        if postcard::take_from_bytes::<DeadLetter>(&bytes).is_ok_and(|(_, rest)| rest.is_empty()) {
-            bytes.extend(encode(&input.stored_minute));
-            table.insert(seq, bytes.as_slice())?;
-        }
-    }
-    Ok(())
+/// An outbox entry: the dead letter, then the minute its refused message was stored.
+pub(crate) fn entry(dead_letter: &DeadLetter, stored_minute: Minute) -> Vec<u8> {
+    let mut bytes = encode(dead_letter);
+    bytes.extend(encode(&stored_minute));
+    bytes
 }
 
 #[cfg(test)]

@@ -199,9 +199,8 @@ impl Projections {
     pub fn apply(&self, batch: &[Input], outbox: Outbox) -> Result<Applied, Error> {
         let mut locators = self.locators()?;
         let txn = self.db.begin_write()?;
-        let (before, applied, tasks, invoices) = {
+        let (applied, tasks, invoices) = {
             let mut w = Writer::open(&txn, &locators, self.run_len, outbox)?;
-            let before = w.last_seq;
             let mut applied = Applied {
                 last_seq: w.last_seq,
                 ..Applied::default()
@@ -216,7 +215,7 @@ impl Projections {
                 match &input.event {
                     Ok(Message::Node(event)) => w.node_message(input, event)?,
                     Ok(Message::Operator(op)) => w.operator(input, op)?,
-                    Err(refusal) => w.refuse(input.seq, refusal)?,
+                    Err(refusal) => w.refuse(input, refusal)?,
                 }
             }
             applied.last_seq = w.last_seq;
@@ -224,11 +223,8 @@ impl Projections {
                 *slot = w.admission_checked(outcome);
             }
             let (tasks, invoices) = w.flush()?;
-            (before, applied, tasks, invoices)
+            (applied, tasks, invoices)
         };
-        if outbox == Outbox::Record {
-            crate::outbox::stamp_stored_minutes(&txn, before, batch)?;
-        }
         txn.commit()?;
         locators.tasks.committed(tasks);
         locators.invoices.committed(invoices);

@@ -244,11 +244,13 @@ impl<'t, 'l> Writer<'t, 'l> {
         self.admission.get(outcome).copied().unwrap_or(0)
     }
 
-    /// Counts a refused message, and records its dead letter, if it has one, in the outbox.
-    pub(crate) fn refuse(&mut self, seq: u64, refusal: &Refusal) -> Result<(), Error> {
+    /// Counts a refused message, and records its dead letter, if it has one, in the outbox with
+    /// the minute the message was stored.
+    pub(crate) fn refuse(&mut self, input: &Input, refusal: &Refusal) -> Result<(), Error> {
         *self.rejections.entry(refusal.reason.as_str()).or_default() += 1;
         if let (Some(dead), Outbox::Record) = (&refusal.dead_letter, self.outbox_mode) {
-            self.outbox.insert(seq, encode(dead).as_slice())?;
+            let entry = crate::outbox::entry(dead, input.stored_minute);
+            self.outbox.insert(input.seq, entry.as_slice())?;
         }
         Ok(())
     }
@@ -279,7 +281,7 @@ impl<'t, 'l> Writer<'t, 'l> {
                     DeadLetter::new(&rejection, event.subject(), input.seq, &event.payload())
                 });
                 return self.refuse(
-                    input.seq,
+                    input,
                     &Refusal {
                         reason,
                         dead_letter,
@@ -311,7 +313,7 @@ impl<'t, 'l> Writer<'t, 'l> {
                 DeadLetter::new(&rejection, subjects::ADMIN_KEYS, input.seq, &op.sent)
             });
             return self.refuse(
-                input.seq,
+                input,
                 &Refusal {
                     reason: Reason::Unauthorized,
                     dead_letter,
