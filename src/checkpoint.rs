@@ -8,8 +8,8 @@ use crate::Error;
 use async_nats::jetstream::object_store::ObjectStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use truebit_projections::task::blocking;
 use truebit_projections::Projections;
-use truebit_replay::task::blocking;
 use truebit_streams::names::checkpoint_name;
 
 /// What one checkpoint cost.

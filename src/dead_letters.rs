@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
+use truebit_projections::task::blocking;
 use truebit_projections::Projections;
-use truebit_replay::task::blocking;
 use truebit_streams::names::{DLQ_STREAM, HEADER_ORIGINAL_SEQ, HEADER_ORIGINAL_STREAM};
 use truebit_streams::{DeadLetter, Minute};
 

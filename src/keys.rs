@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use truebit_projections::task::blocking;
 use truebit_projections::{KeyView, Projections};
-use truebit_replay::task::blocking;
 use truebit_streams::{
     minute_timestamp, operator_payload, subjects, KeyGrant, Mode, OperatorKind, Permissions,
     PublicKey, SigningKey,

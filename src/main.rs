@@ -58,7 +58,7 @@ fn main() -> ExitCode {
 ///   A fixed threshold keeps large buffers out of the arenas: 187 MiB.
 /// - Each thread that allocates gets an arena of its own, up to eight per core, and an arena
 ///   keeps its freed chunks. A batch's messages are read on short-lived threads, one per core
-///   (`truebit_replay::inputs`), and the committer frees what they allocated: every arena ends
+///   (`truebit_projections::inputs`), and the committer frees what they allocated: every arena ends
 ///   up holding fragments. At most two arenas: 158 to 131 MiB, and 255 to 191 MiB at ten
 ///   million tasks, where it cost 8% to 23% of the rate (README, "Peak RSS and malloc arenas").
 fn bound_the_heap() {

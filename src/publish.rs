@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
+use truebit_projections::task::blocking;
 use truebit_projections::Projections;
-use truebit_replay::task::blocking;
 use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ, HISTORY_STREAM};
 use truebit_streams::{subjects, HistoryRecord, Minute, Snapshot};
 

@@ -158,7 +158,7 @@ async fn check_admin_key(publisher: &Publisher, payload: &[u8]) -> Result<Value,
         })?),
     };
     let db = publisher.db();
-    match truebit_replay::task::blocking(move || db.check_admin_key(key.as_ref())).await {
+    match truebit_projections::task::blocking(move || db.check_admin_key(key.as_ref())).await {
         Ok(()) => Ok(serde_json::json!({"ok": true})),
         Err(e @ truebit_projections::Error::AdminKey { .. }) => Err((400, e.to_string())),
         Err(e) => Err((500, e.to_string())),
@@ -180,7 +180,7 @@ pub(crate) async fn ask_admin_key(
 
 async fn registry(publisher: &Publisher) -> Result<Value, String> {
     let db = publisher.db();
-    truebit_replay::task::blocking(move || crate::keys::registry_json(&db))
+    truebit_projections::task::blocking(move || crate::keys::registry_json(&db))
         .await
         .map_err(|e| e.to_string())
 }

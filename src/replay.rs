@@ -6,8 +6,8 @@ use async_nats::jetstream;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use truebit_projections::task::blocking;
 use truebit_projections::Projections;
-use truebit_replay::task::blocking;
 use truebit_streams::PublicKey;
 
 #[derive(Debug, Clone)]
@@ -60,8 +60,10 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let rebuilt = run(&js, &temp, options).await?;
     let carried = {
         let (temp, live) = (temp.clone(), config.db_path.clone());
-        truebit_replay::task::joined(tokio::task::spawn_blocking(move || swap_in(&temp, &live)))
-            .await?
+        truebit_projections::task::joined(tokio::task::spawn_blocking(move || {
+            swap_in(&temp, &live)
+        }))
+        .await?
     };
     Ok(format!(
         "{}replaced {}; serve resumes after sequence {}{carried}\n",

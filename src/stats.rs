@@ -5,8 +5,8 @@ use crate::{Error, NatsConfig};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use truebit_projections::task::blocking;
 use truebit_projections::Projections;
-use truebit_replay::task::blocking;
 use truebit_streams::{Minute, Period, StatsQuery};
 
 #[derive(Debug, Clone)]

@@ -1,7 +1,8 @@
 //! Whole databases: a copy (a checkpoint) and a comparison (`replay --verify`), both walking the
 //! one list of tables in [`crate::tables`].
 
-use crate::store::{builder, open_error, read_u64};
+use crate::store::{builder, open_error};
+use crate::tables::meta::read_u64;
 use crate::tables::{self, meta, Role, Visit};
 use crate::{Error, Projections};
 use redb::ReadableTable;

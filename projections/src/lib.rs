@@ -45,11 +45,13 @@
 //! ```
 
 mod admission;
+mod batch;
 mod compare;
 mod counters;
 mod error;
 mod fold;
 mod history;
+mod input;
 mod outbox;
 mod reader;
 mod records;
@@ -57,101 +59,17 @@ mod runs;
 mod snapshot;
 mod store;
 mod tables;
+#[cfg(feature = "tokio")]
+pub mod task;
 mod views;
 mod writer;
 
+pub use batch::{Applied, Outbox, ADMISSION_OUTCOMES};
 pub use error::Error;
 pub use history::{Point, Step};
+pub use input::{inputs, verifiers, Input, Refusal, Stored};
 pub use outbox::PendingDeadLetter;
 pub use runs::DEFAULT_RUN_LEN;
 pub use store::{Options, Projections, CACHE_BYTES};
 pub use tables::SCHEMA_VERSION;
 pub use views::{InvoiceView, KeyView, NodeView, TaskView};
-
-use truebit_streams::{DeadLetter, Message, Minute, Reason, Rejection, Signer};
-
-/// One message of the stream, ready to fold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Input {
-    /// Its sequence in `TRUEBIT_EVENTS`.
-    pub seq: u64,
-    /// The minute JetStream stored it: the clock of rate limits (contract §7).
-    pub stored_minute: Minute,
-    /// What its signature headers show, checked ahead of the fold.
-    pub signer: Signer,
-    /// The message as read, or why it was refused (refusals are counted, not folded).
-    pub event: Result<Message, Refusal>,
-}
-
-impl Input {
-    /// An unsigned message, as today's monitors send them, stored in minute 0: for a fold that
-    /// stays `open`.
-    pub fn unsigned(seq: u64, event: Result<Message, Refusal>) -> Self {
-        Input {
-            seq,
-            stored_minute: 0,
-            signer: Signer::Unsigned,
-            event,
-        }
-    }
-}
-
-/// Whether a fold records dead letters in the outbox: the live fold does; a replay only counts
-/// refusals, since it never publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outbox {
-    Record,
-    Skip,
-}
-
-/// A message the fold counts as refused instead of folding it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: Reason,
-    /// What goes to `TRUEBIT_DLQ`, recorded in the outbox by the commit that folds the refusal.
-    /// The live fold has one; a replay only counts (it never publishes).
-    pub dead_letter: Option<DeadLetter>,
-}
-
-impl Refusal {
-    /// A refusal with its dead letter, for the live fold.
-    pub fn dead_lettered(rejection: &Rejection, subject: &str, seq: u64, payload: &[u8]) -> Self {
-        Refusal {
-            reason: rejection.reason,
-            dead_letter: Some(DeadLetter::new(rejection, subject, seq, payload)),
-        }
-    }
-}
-
-/// A refusal that is only counted, as a replay folds it.
-impl From<Reason> for Refusal {
-    fn from(reason: Reason) -> Self {
-        Refusal {
-            reason,
-            dead_letter: None,
-        }
-    }
-}
-
-impl From<Rejection> for Refusal {
-    fn from(rejection: Rejection) -> Self {
-        rejection.reason.into()
-    }
-}
-
-/// What one [`Projections::apply`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// Inputs folded (events and refusals).
-    pub folded: u64,
-    /// Inputs at or below the last folded sequence: already folded, so skipped.
-    pub skipped: u64,
-    /// The last folded sequence after this batch.
-    pub last_seq: u64,
-    /// Node messages checked in `audit` or `enforce` mode (contract §7), by outcome:
-    /// [`ADMISSION_OUTCOMES`] in that order.
-    pub admission: [u64; 3],
-}
-
-/// The outcomes of an admission check, in the order of [`Applied::admission`].
-pub const ADMISSION_OUTCOMES: [&str; 3] = ["admitted", "unauthorized", "rate_limited"];

@@ -3,7 +3,7 @@
 use crate::counters::{cover, Counters, MINUTE, TOTAL};
 use crate::records::decode;
 use crate::snapshot::compute;
-use crate::store::read_u64;
+use crate::tables::meta::read_u64;
 use crate::tables::{self, meta};
 use crate::{Error, Projections};
 use redb::{Database, ReadableDatabase};

@@ -381,6 +381,12 @@ fn bits(probe: Probe) -> impl Iterator<Item = usize> {
     (0..PROBES).map(move |i| ((probe.bits >> (9 * i)) & 511) as usize)
 }
 
+/// The locators of both kinds of record.
+pub(crate) struct Locators {
+    pub(crate) tasks: Locator,
+    pub(crate) invoices: Locator,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,17 @@
 //! The database file: opening it, its metadata, and folding a batch into it in one commit.
 
-use crate::runs::{Kind, Locator, DEFAULT_RUN_LEN};
+use crate::batch::{Applied, Outbox};
+use crate::input::Input;
+use crate::runs::{Kind, Locator, Locators, DEFAULT_RUN_LEN};
+use crate::tables::meta::{read_root, read_u64};
 use crate::tables::{self, meta};
 use crate::writer::Writer;
-use crate::{Applied, Error, Input, Outbox};
+use crate::Error;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use truebit_streams::{Message, Mode, PublicKey};
+use truebit_streams::{Message, PublicKey};
 
 /// The projections database.
 pub struct Projections {
@@ -20,11 +23,6 @@ pub struct Projections {
     /// `replay --verify` open the database without needing them, and at ten million tasks they
     /// are a scan of the hot tables and 20 MB of filters.
     locators: Mutex<Option<Locators>>,
-}
-
-pub(crate) struct Locators {
-    pub(crate) tasks: Locator,
-    pub(crate) invoices: Locator,
 }
 
 /// The locked locators, once loaded.
@@ -332,53 +330,6 @@ pub(crate) fn count_table(
         out.insert(k.value().to_string(), v.value());
     }
     Ok(out)
-}
-
-pub(crate) fn read_u64(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<u64>, Error> {
-    let Some(v) = table.get(key)? else {
-        return Ok(None);
-    };
-    let bytes: [u8; 8] = v.value().try_into().map_err(|_| Error::Corrupt {
-        table: "meta",
-        detail: format!("{key} is not 8 bytes"),
-    })?;
-    Ok(Some(u64::from_le_bytes(bytes)))
-}
-
-/// The admission mode as folded; `open` until an `admission_set` says otherwise.
-pub(crate) fn read_mode(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Mode, Error> {
-    let Some(v) = table.get(meta::ADMISSION_MODE)? else {
-        return Ok(Mode::Open);
-    };
-    let text = std::str::from_utf8(v.value()).unwrap_or_default();
-    Mode::parse(text).ok_or_else(|| Error::Corrupt {
-        table: "meta",
-        detail: format!("admission_mode is {text:?}"),
-    })
-}
-
-/// The root key the database is bound to; `None` for none (or not bound yet).
-pub(crate) fn read_root(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> Result<Option<PublicKey>, Error> {
-    let Some(v) = table.get(meta::ADMIN_KEY)? else {
-        return Ok(None);
-    };
-    let text = std::str::from_utf8(v.value()).unwrap_or_default();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    PublicKey::parse(text)
-        .map(Some)
-        .ok_or_else(|| Error::Corrupt {
-            table: "meta",
-            detail: format!("admin_key is {text:?}, not a public key"),
-        })
 }
 
 fn admin_key_conflict(

@@ -115,7 +115,12 @@ pub fn each(v: &mut impl Visit) -> Result<(), Error> {
     Ok(())
 }
 
+/// The keys of [`META`], and how its values read.
 pub mod meta {
+    use crate::Error;
+    use redb::ReadableTable;
+    use truebit_streams::{Mode, PublicKey};
+
     pub const SCHEMA_VERSION: &str = "schema_version";
     pub const LAST_SEQ: &str = "last_seq";
     pub const NODES: &str = "nodes";
@@ -130,6 +135,53 @@ pub mod meta {
     pub const ADMIN_KEY: &str = "admin_key";
     /// Operator events read (signed or not): while there are none, the root key may be set.
     pub const OPERATOR_MESSAGES: &str = "operator_messages";
+
+    pub(crate) fn read_u64(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<Option<u64>, Error> {
+        let Some(v) = table.get(key)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v.value().try_into().map_err(|_| Error::Corrupt {
+            table: "meta",
+            detail: format!("{key} is not 8 bytes"),
+        })?;
+        Ok(Some(u64::from_le_bytes(bytes)))
+    }
+
+    /// The admission mode as folded; `open` until an `admission_set` says otherwise.
+    pub(crate) fn read_mode(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Mode, Error> {
+        let Some(v) = table.get(ADMISSION_MODE)? else {
+            return Ok(Mode::Open);
+        };
+        let text = std::str::from_utf8(v.value()).unwrap_or_default();
+        Mode::parse(text).ok_or_else(|| Error::Corrupt {
+            table: "meta",
+            detail: format!("admission_mode is {text:?}"),
+        })
+    }
+
+    /// The root key the database is bound to; `None` for none (or not bound yet).
+    pub(crate) fn read_root(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<PublicKey>, Error> {
+        let Some(v) = table.get(ADMIN_KEY)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(v.value()).unwrap_or_default();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        PublicKey::parse(text)
+            .map(Some)
+            .ok_or_else(|| Error::Corrupt {
+                table: "meta",
+                detail: format!("admin_key is {text:?}, not a public key"),
+            })
+    }
 }
 
 #[cfg(test)]

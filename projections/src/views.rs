@@ -1,7 +1,8 @@
 //! Records as a reader of the projections sees them, one at a time.
 
 use crate::records::{self, decode, InvoiceRecord, KeyRecord, NodeRecord, TaskRecord};
-use crate::store::{count_table, read_mode};
+use crate::store::count_table;
+use crate::tables::meta::read_mode;
 use crate::{tables, Error, Projections};
 use redb::{ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;

@@ -1,13 +1,15 @@
 //! One batch's write transaction: the fold applied to the records it touches.
 
 use crate::admission::{self, admit, authorize_operator, in_order, Verdict};
+use crate::batch::Outbox;
 use crate::counters::{buckets_of, Counters};
 use crate::fold;
+use crate::input::{Input, Refusal};
 use crate::records::{decode, encode, InvoiceRecord, KeyRecord, NodeRecord, TaskRecord};
-use crate::runs::{Changes, Kind, Locator, Place, Records};
-use crate::store::{read_mode, read_root, read_u64, Locators};
+use crate::runs::{Changes, Kind, Locator, Locators, Place, Records};
+use crate::tables::meta::{read_mode, read_root, read_u64};
 use crate::tables::{self, meta};
-use crate::{Error, Input, Outbox, Refusal};
+use crate::Error;
 use redb::{ReadableTable, Table};
 use std::collections::HashMap;
 use truebit_streams::{

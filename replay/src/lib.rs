@@ -29,10 +29,8 @@ use truebit_projections::{Applied, Outbox, Projections};
 use truebit_streams::names::{checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET, EVENTS_STREAM};
 use truebit_streams::PublicKey;
 
-mod input;
-pub mod task;
-pub use input::{input, inputs, verifiers, Stored};
-use task::{blocking, joined};
+use truebit_projections::task::{blocking, joined};
+use truebit_projections::{inputs, verifiers, Stored};
 
 /// Messages folded per database transaction during a rebuild: large, because a commit's cost
 /// grows with the pages it touches far more slowly than with the events it holds.
@@ -240,13 +238,14 @@ pub async fn rebuild(
         // The target itself may have been deleted: the first message past it ends the rebuild.
         done = info.stream_sequence >= target;
         if info.stream_sequence <= target {
-            batch.push(Stored {
-                seq: info.stream_sequence,
-                subject: msg.subject.to_string(),
-                payload: msg.payload.clone(),
-                headers: msg.headers.clone(),
-                time: info.published,
-            });
+            let headers = msg.headers.as_ref();
+            batch.push(Stored::new(
+                info.stream_sequence,
+                msg.subject.to_string(),
+                msg.payload.clone(),
+                info.published,
+                |name| Some(headers?.get(name)?.as_str().to_string()),
+            ));
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
             if let Some(previous) = committing.take() {

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
+use truebit_projections::task::blocking;
 use truebit_projections::{Point, Step};
-use truebit_replay::task::blocking;
 use truebit_streams::{minute_timestamp, Minute, Period};
 
 /// The most points one answer holds: 30 days at one minute, with room.

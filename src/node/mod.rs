@@ -203,7 +203,7 @@ pub async fn node(
     shutdown.await;
     tracing::info!("stopping: saying node_left");
     stop.store(true, Ordering::SeqCst);
-    let read_result = truebit_replay::task::joined(reader).await;
+    let read_result = truebit_projections::task::joined(reader).await;
     for t in &tasks {
         t.abort();
     }

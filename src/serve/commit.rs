@@ -7,8 +7,8 @@ use crate::Error;
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use truebit_projections::task::blocking;
 use truebit_projections::{Input, Outbox, Projections};
-use truebit_replay::task::blocking;
 
 /// The most messages one commit folds, when that many have queued up.
 pub(crate) const COMMIT_MAX: usize = 32_768;

@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use truebit_projections::task::{blocking, joined};
 use truebit_projections::Projections;
-use truebit_replay::task::{blocking, joined};
 use truebit_streams::names::{consumer_name, DEFAULT_INSTANCE};
 use truebit_streams::PublicKey;
 
@@ -220,7 +220,7 @@ pub async fn serve(
     let receiver = Receiver {
         events: topology.events.clone(),
         order: Order::new(applied),
-        verifiers: truebit_replay::verifiers(),
+        verifiers: truebit_projections::verifiers(),
         stop: stop.clone(),
     };
     let watching = tokio::spawn(lag::watch(

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
-use truebit_replay::task::joined;
-use truebit_replay::{inputs, Stored};
+use truebit_projections::task::joined;
+use truebit_projections::{inputs, Stored};
 use truebit_streams::Verifier;
 
 /// How long a batch waits to fill before it is handed on as it is.
@@ -95,13 +95,14 @@ impl Receiver {
             match *step {
                 Step::Delivered(i) => {
                     let (seq, time, msg) = &delivered[i];
-                    stored.push(Stored {
-                        seq: *seq,
-                        subject: msg.subject.to_string(),
-                        payload: msg.payload.clone(),
-                        headers: msg.headers.clone(),
-                        time: *time,
-                    });
+                    let headers = msg.headers.as_ref();
+                    stored.push(Stored::new(
+                        *seq,
+                        msg.subject.to_string(),
+                        msg.payload.clone(),
+                        *time,
+                        |name| Some(headers?.get(name)?.as_str().to_string()),
+                    ));
                 }
                 // The stream is the record: a delivery lost in flight is read from it, or it
                 // would be skipped for good once a later sequence is committed.
@@ -140,13 +141,14 @@ async fn read_range(events: &Stream, from: u64, to: u64) -> Result<Vec<Stored>, 
         match events.get_first_raw_message_by_subject(">", seq).await {
             Ok(raw) if raw.sequence <= to => {
                 seq = raw.sequence + 1;
-                out.push(Stored {
-                    seq: raw.sequence,
-                    subject: raw.subject.to_string(),
-                    payload: raw.payload,
-                    headers: Some(raw.headers),
-                    time: raw.time,
-                });
+                let headers = &raw.headers;
+                out.push(Stored::new(
+                    raw.sequence,
+                    raw.subject.to_string(),
+                    raw.payload.clone(),
+                    raw.time,
+                    |name| Some(headers.get(name)?.as_str().to_string()),
+                ));
             }
             Ok(_) => break,
             Err(e)

@@ -1,6 +1,7 @@
-//! Blocking work beside async code: redb commits and reads run on tokio's blocking threads, so
-//! that they never stall the tasks that receive messages. Shared with the service, which depends
-//! on this crate; one copy, so that a panic there is carried on the same way everywhere.
+//! Database work beside async code (feature `tokio`): redb commits and reads run on tokio's
+//! blocking threads, so that they never stall the tasks that receive messages. The service and
+//! the rebuild both use this one copy, so that a panic there is carried on the same way
+//! everywhere.
 
 use tokio::task::JoinHandle;
 
@@ -12,7 +13,7 @@ pub async fn joined<T>(task: JoinHandle<T>) -> T {
 
 /// Runs database work on a blocking thread and waits for it.
 pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, truebit_projections::Error> + Send + 'static,
-) -> Result<T, truebit_projections::Error> {
+    f: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
+) -> Result<T, crate::Error> {
     joined(tokio::task::spawn_blocking(f)).await
 }
