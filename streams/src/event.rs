@@ -6,6 +6,20 @@ use std::fmt;
 /// Minutes since the Unix epoch: the resolution of every time in the projections.
 pub type Minute = i64;
 
+/// The current minute: the snapshot time `T` of contract §5.1 when no `--at` is given.
+pub fn now_minute() -> Minute {
+    chrono::Utc::now().timestamp().div_euclid(60)
+}
+
+/// An RFC 3339 time, floored to the minute (`--at`, `at=`); the error says how to write one.
+pub fn parse_minute(text: &str) -> Result<Minute, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp().div_euclid(60))
+        .map_err(|e| {
+            format!("{text:?} is not an RFC 3339 time ({e}); write it like 2026-11-25T10:30:00Z")
+        })
+}
+
 /// A SHA-256 digest as nodes send it: 64 lowercase hex characters on the wire, 32 bytes here.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);

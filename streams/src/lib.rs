@@ -57,7 +57,10 @@ mod validate;
 
 pub use dead_letter::{msg_id as dead_letter_msg_id, DeadLetter, KEEP_AS_SENT};
 pub use encode::minute_timestamp;
-pub use event::{Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute, Outcome};
+pub use event::{
+    now_minute, parse_minute, Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute,
+    Outcome,
+};
 pub use history::HistoryRecord;
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 pub use operator::{

@@ -56,6 +56,15 @@ impl Period {
     }
 }
 
+/// `1h`, `24h`, `7d` or `all`, for the command line and a query; the error names them.
+impl std::str::FromStr for Period {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Period, String> {
+        Period::parse(s).ok_or_else(|| format!("period {s:?} is not one of 1h, 24h, 7d, all"))
+    }
+}
+
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
