@@ -1,4 +1,4 @@
-//! The agent's derivation against `shared/fixtures/runner-node/`: what `expected.json` says a
+//! The agent's derivation against `tests/fixtures/runner-node/`: what `expected.json` says a
 //! correct agent derives, and nothing raw in any byte it would send.
 
 use super::eventdb::EventDb;
@@ -12,7 +12,7 @@ use truebit_streams::anonymize::{self, Salt};
 use truebit_streams::{Event, EventKind};
 
 fn fixtures() -> std::path::PathBuf {
-    truebit_testkit::shared_dir().join("fixtures/runner-node")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/runner-node")
 }
 
 /// The three samples, under the names a runner gives them, in a folder of the test's own.

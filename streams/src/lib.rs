@@ -1,6 +1,7 @@
 //! The wire contract of the TrueBit federation, in and out: what nodes publish, how each message
 //! is judged, what a rejected message leaves behind, and what the aggregator publishes. Pure: no
 //! I/O here, so that the fold, a replay and a test all read a message the same way.
+//! The same protocol in prose, for node implementers: `streams/PROTOCOL.md` in the repository.
 //!
 //! - [`validate`] turns one stored message into an [`Event`] or a [`Rejection`] with one of the
 //!   contract's reasons and the JSON path of the first bad field. It reads only the fields the

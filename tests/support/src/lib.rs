@@ -1,6 +1,6 @@
 //! Test and benchmark support for truebit-federation: real `nats-server` processes, a TCP proxy
 //! that can hold a connection open but silent, a simulated fleet of nodes with the counts it
-//! expects, and the shared fixtures.
+//! expects, and the fixtures in `tests/fixtures/`.
 //!
 //! ```no_run
 //! let server = truebit_testkit::NatsServer::start();
@@ -23,16 +23,12 @@ pub use server::{
 
 use std::path::PathBuf;
 
-/// The messages of today's TypeScript monitor, from `shared/fixtures/` beside the repository
-/// (or `TRUEBIT_SHARED`), as `(subject, payload)` pairs.
+/// The messages of today's TypeScript monitor, from `tests/fixtures/monitor-messages.jsonl`, as
+/// `(subject, payload)` pairs.
 pub fn monitor_fixtures() -> Vec<(String, Vec<u8>)> {
-    let path = shared_dir().join("fixtures/monitor-messages.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; set TRUEBIT_SHARED to the shared/ folder",
-            path.display()
-        )
-    });
+    let path = fixtures_dir().join("monitor-messages.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -49,19 +45,7 @@ pub fn monitor_fixtures() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// The `shared/` folder beside the repository, or `TRUEBIT_SHARED`.
-pub fn shared_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TRUEBIT_SHARED") {
-        return dir.into();
-    }
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors()
-        .map(|a| a.join("shared"))
-        .find(|p| p.join("fixtures").is_dir())
-        .unwrap_or_else(|| {
-            panic!(
-                "no shared/fixtures above {}; set TRUEBIT_SHARED",
-                here.display()
-            )
-        })
+/// The repository's `tests/fixtures/` folder (see its README for the formats).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
