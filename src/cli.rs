@@ -1,6 +1,6 @@
 //! The command line of contract §6: each setting a flag with an environment fallback.
 
-use crate::topology::{AckMode, TopologyConfig};
+use crate::infra::topology::{AckMode, TopologyConfig};
 use crate::{Error, NatsConfig, ServeConfig, StatsConfig};
 use clap::{Args, Parser, Subcommand};
 use std::future::Future;
@@ -302,10 +302,10 @@ pub struct TopologyArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// 1h, 24h, 7d or all.
-    #[arg(long, default_value = "all", value_parser = |p: &str| crate::query::parse_period(p))]
+    #[arg(long, default_value = "all")]
     pub period: Period,
     /// Evaluate the windows at this RFC 3339 time instead of now.
-    #[arg(long, value_parser = |a: &str| crate::query::parse_at(a))]
+    #[arg(long, value_parser = parse_at)]
     pub at: Option<i64>,
     /// Print the exact object stored under period.<P>.
     #[arg(long)]
@@ -453,10 +453,10 @@ async fn keys(
     db_path: &std::path::Path,
     command: KeysCommand,
 ) -> Result<String, Error> {
-    use crate::keys::{Change, KeySource};
+    use crate::commands::keys::{Change, KeySource};
     let (seed, change) = match command {
         KeysCommand::NewAdmin { out } => {
-            let key = crate::keys::new_key(&out)?;
+            let key = crate::infra::seed::new_key(&out)?;
             return Ok(format!(
                 "{key}\nthe admin seed is in {} (mode 0600); set ADMIN_KEY={key} for serve and replay, and sign operator events with --admin-seed {}\n",
                 out.display(),
@@ -464,21 +464,21 @@ async fn keys(
             ));
         }
         KeysCommand::New { out } => {
-            let key = crate::keys::new_key(&out)?;
+            let key = crate::infra::seed::new_key(&out)?;
             return Ok(format!(
                 "{key}\nthe seed is in {} (mode 0600) and never leaves this machine; give the operator this public key and your nodeId (`node --show-id`)\n",
                 out.display()
             ));
         }
         KeysCommand::List { json } => {
-            let registry = crate::keys::list(nats, db_path).await?;
+            let registry = crate::commands::keys::list(nats, db_path).await?;
             return Ok(if json {
                 format!(
                     "{}\n",
                     serde_json::to_string_pretty(&registry).expect("JSON values serialize")
                 )
             } else {
-                crate::keys::render(&registry)
+                crate::commands::keys::render(&registry)
             });
         }
         KeysCommand::Issue {
@@ -523,7 +523,12 @@ async fn keys(
         ),
         KeysCommand::Mode { mode, seed } => (seed, Change::Mode(mode)),
     };
-    crate::keys::publish(nats, seed.admin_seed.as_deref(), change).await
+    crate::commands::keys::publish(nats, seed.admin_seed.as_deref(), change).await
+}
+
+/// `--at`: an RFC 3339 time, floored to the minute.
+fn parse_at(at: &str) -> Result<truebit_streams::Minute, String> {
+    truebit_streams::parse_minute(at).map_err(|e| format!("--at {e}"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The service's errors, and the one place that decides exit codes.
 
-use crate::topology::TopologyError;
+use crate::infra::topology::TopologyError;
 use std::path::PathBuf;
 
 /// What went wrong, worded for the operator, with the exit code it earns.

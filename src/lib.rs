@@ -19,33 +19,20 @@
 //! # }
 //! ```
 
-mod backoff;
-mod checkpoint;
 pub mod cli;
-mod dead_letters;
+pub mod commands;
 mod error;
-mod files;
-pub mod history;
-pub mod http;
-mod init;
-pub mod keys;
-mod leader;
-mod nats;
+pub mod infra;
 pub mod node;
-mod publish;
-mod query;
-mod replay;
-mod serve;
-mod stats;
-pub mod topology;
+pub mod serve;
 
+pub use commands::init::init;
+pub use commands::replay::{replay, ReplayConfig};
+pub use commands::stats::{render, stats, StatsConfig};
 pub use error::Error;
-pub use history::{NodeCounts, NodeHistory};
-pub use init::init;
-pub use nats::NatsConfig;
+pub use infra::nats::NatsConfig;
+pub use infra::topology::{self, AckMode};
 pub use node::{node, NodeConfig};
-pub use replay::{replay, ReplayConfig};
+pub use serve::history::{NodeCounts, NodeHistory};
 pub use serve::{serve, ServeConfig};
-pub use stats::{render, stats, StatsConfig};
-pub use topology::AckMode;
 pub use truebit_streams::names::HEADER_LAST_SEQ;

@@ -5,9 +5,11 @@ use crate::store::count_table;
 use crate::tables::meta::read_mode;
 use crate::{tables, Error, Projections};
 use redb::{ReadableDatabase, ReadableTable};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use truebit_streams::{
-    Continent, Digest, ExecutionTime, Location, Magnitude, Memory, Minute, Mode, Permissions,
+    minute_timestamp, Continent, Digest, ExecutionTime, Location, Magnitude, Memory, Minute, Mode,
+    Permissions,
 };
 
 /// A task as the projections hold it.
@@ -188,4 +190,32 @@ impl Projections {
     pub fn event_counts(&self) -> Result<BTreeMap<String, u64>, Error> {
         count_table(&self.db, tables::EVENTS)
     }
+}
+
+impl Projections {
+    /// The registry as JSON: what `keys list --json` prints and serve answers.
+    pub fn registry_json(&self) -> Result<Value, Error> {
+        let keys: Vec<Value> = self.keys()?.iter().map(key_json).collect();
+        Ok(json!({
+            "mode": self.admission_mode()?.as_str(),
+            "adminKey": self.admin_key()?.flatten().map(|k| k.to_string()),
+            "admission": self.admission_counts()?,
+            "keys": keys,
+        }))
+    }
+}
+
+fn key_json(k: &KeyView) -> Value {
+    json!({
+        "name": k.name,
+        "publicKey": k.public_key,
+        "nodeId": k.node_id,
+        "permissions": k.permissions.to_string().split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+        "rateLimit": k.rate_limit,
+        "issuedAt": minute_timestamp(k.issued_at),
+        "revokedAt": k.revoked_at.map(minute_timestamp),
+        "revokeReason": k.revoke_reason,
+        "admitted": k.admitted,
+        "refused": {"unauthorized": k.unauthorized, "rate_limited": k.rate_limited},
+    })
 }

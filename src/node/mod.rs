@@ -108,7 +108,10 @@ pub async fn node(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let key = match &config.key_seed {
-        Some(path) => Some(Arc::new(crate::keys::read_seed(path, "the node key seed")?)),
+        Some(path) => Some(Arc::new(crate::infra::seed::read_seed(
+            path,
+            "the node key seed",
+        )?)),
         None => {
             tracing::warn!("no --key-seed / NODE_KEY_SEED: messages go unsigned, which only an open network admits");
             None

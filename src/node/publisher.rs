@@ -4,7 +4,7 @@
 //! `Nats-Msg-Id`, so JetStream stores it once.
 
 use super::state::{Outgoing, State};
-use crate::backoff::Backoff;
+use crate::infra::backoff::Backoff;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! The second stage of the live fold: fold what the receiver hands over, a commit at a time, and
 //! ack each delivery only after the commit that holds its effect.
 
-use crate::http::Metrics;
-use crate::topology::AckMode;
+use super::metrics::Metrics;
+use crate::infra::topology::AckMode;
 use crate::Error;
 use bytes::Bytes;
 use std::sync::Arc;

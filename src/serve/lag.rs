@@ -2,7 +2,8 @@
 //! dashboard: the consumer's pending messages (not yet delivered, or delivered and not yet acked
 //! after a commit), the stream's last sequence, and the age of the oldest message not folded.
 
-use crate::http::{Metrics, Status};
+use super::metrics::Metrics;
+use super::status::Status;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::Stream;
 use std::sync::atomic::Ordering;

@@ -2,24 +2,36 @@
 //!
 //! The fold is a two-stage pipeline: [`receive`] pulls, orders ([`order`]) and validates the
 //! next batches while [`commit`] folds and commits the previous ones and acks them. Dead letters
-//! leave through the outbox ([`crate::dead_letters`]).
+//! leave through the outbox ([`dead_letters`]).
 
 mod catch_up;
+mod checkpoint;
 mod commit;
+mod dead_letters;
+pub mod history;
+pub mod http;
 mod lag;
+mod leader;
+pub mod metrics;
 mod order;
+mod publish;
+mod query;
 mod receive;
+pub mod status;
 
-use crate::history::NodeHistory;
-use crate::http::{self, AppState, Metrics, Status};
-use crate::leader::Leader;
-use crate::publish::Publisher;
-use crate::topology::{self, AckMode, TopologyConfig};
-use crate::{query, Error, NatsConfig};
+use crate::infra::nats::NatsConfig;
+use crate::infra::topology::{self, AckMode, TopologyConfig};
+use crate::Error;
 use async_nats::jetstream;
 use catch_up::CatchUp;
+use history::NodeHistory;
+use http::AppState;
+use leader::Leader;
+use metrics::Metrics;
 use order::Order;
+use publish::Publisher;
 use receive::Receiver;
+use status::Status;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -155,14 +167,14 @@ pub async fn serve(
         .unwrap_or_else(|| DEFAULT_INSTANCE.to_string());
     let leader = Leader::new();
     let (lease_stop_tx, lease_stop) = watch::channel(false);
-    let leasing = tokio::spawn(crate::leader::run(
+    let leasing = tokio::spawn(leader::run(
         topology.leader.clone(),
         me.clone(),
         leader.clone(),
         lease_stop,
     ));
     let mut became_leader = leader.subscribe();
-    let published = crate::publish::last_published(&client).await?;
+    let published = publish::last_published(&client).await?;
     tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
 
     metrics.last_applied.set(applied as i64);
@@ -171,7 +183,7 @@ pub async fn serve(
         client.clone(),
         topology.stats.clone(),
         db.clone(),
-        crate::publish::Lead {
+        publish::Lead {
             leader: leader.clone(),
             instance: me,
             published: published.clone(),
@@ -194,7 +206,7 @@ pub async fn serve(
         })
     };
     let nodes = Arc::new(NodeHistory::default());
-    let following = tokio::spawn(crate::history::follow(
+    let following = tokio::spawn(history::follow(
         topology.history.clone(),
         nodes.clone(),
         stop.clone(),
@@ -241,17 +253,17 @@ pub async fn serve(
         applied_tx,
         metrics.clone(),
     ));
-    let (dlq_read_tx, dlq_read) = crate::dead_letters::follower(&identity, info.created);
+    let (dlq_read_tx, dlq_read) = dead_letters::follower(&identity, info.created);
     // Stopped only after the last dead letters went out: a leader reads its own before it ends.
     let (follow_stop_tx, follow_stop) = watch::channel(false);
-    let following_dlq = tokio::spawn(crate::dead_letters::follow(
+    let following_dlq = tokio::spawn(dead_letters::follow(
         js.clone(),
         db.clone(),
         dlq_read_tx,
         dlq_read.clone(),
         follow_stop,
     ));
-    let dead_letters = tokio::spawn(crate::dead_letters::publish(
+    let dead_letters = tokio::spawn(dead_letters::publish(
         js.clone(),
         db.clone(),
         applied_rx.clone(),
@@ -312,7 +324,7 @@ pub async fn serve(
                 if leader.leading() && checkpointing.as_ref().is_none_or(|h| h.is_finished()) {
                     let (store, db, keep, leader) = (topology.checkpoints.clone(), db.clone(), config.checkpoints_kept, leader.clone());
                     checkpointing = Some(tokio::spawn(async move {
-                        match crate::checkpoint::write(&store, &db, keep, &leader).await {
+                        match checkpoint::write(&store, &db, keep, &leader).await {
                             Ok(w) => tracing::info!(seq = w.seq, bytes = w.bytes, copy_ms = w.copy.as_millis() as u64, upload_ms = w.upload.as_millis() as u64, "stored checkpoint"),
                             Err(e) => tracing::warn!(error = %e, "cannot store a checkpoint; the next interval tries again"),
                         }

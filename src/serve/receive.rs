@@ -3,7 +3,7 @@
 
 use super::commit::Ready;
 use super::order::{Order, Step};
-use crate::backoff::Backoff;
+use crate::infra::backoff::Backoff;
 use crate::Error;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
 use chrono::{DateTime, Utc};

@@ -182,6 +182,15 @@ pub struct StatsQuery {
     pub at: Option<String>,
 }
 
+/// An `admin-key` request to a running `serve` (request-reply on
+/// [`crate::subjects::ADMIN_KEY_QUERY`]): `{"adminKey": "U…"}`, or `null` for none. The reply is
+/// `{"ok": true}`, or the micro protocol's error headers saying what differs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminKeyQuery {
+    #[serde(rename = "adminKey")]
+    pub admin_key: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

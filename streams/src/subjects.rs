@@ -24,6 +24,9 @@ pub const STATS_HISTORY: &str = "truebit.stats.history";
 pub const STATS_QUERY: &str = "truebit.stats.query";
 /// Request-reply: `keys list` asks a running `serve` for the key registry here.
 pub const KEYS_QUERY: &str = "truebit.keys.query";
+/// Request-reply: `replay` asks a running `serve` whether its `ADMIN_KEY` is the one the
+/// database serve holds was folded with.
+pub const ADMIN_KEY_QUERY: &str = "truebit.stats.admin-key";
 /// Dead letters go to `truebit.dlq.<reason>`.
 pub const DLQ_PREFIX: &str = "truebit.dlq.";
 

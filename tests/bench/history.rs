@@ -7,7 +7,7 @@
 //! minute for the node counts). It prints figures and asserts nothing about speed.
 
 use std::time::{Duration, Instant};
-use truebit_federation::http::api::{render_history, Range};
+use truebit_federation::serve::http::api::{render_history, Range};
 use truebit_federation::NodeHistory;
 use truebit_projections::{Input, Projections, Step};
 use truebit_streams::HistoryRecord;

@@ -1,6 +1,6 @@
 //! `init`: create or update the topology, and say what exists.
 
-use crate::topology::{self, TopologyConfig};
+use crate::infra::topology::{self, TopologyConfig};
 use crate::{Error, NatsConfig};
 use async_nats::jetstream;
 

@@ -1,6 +1,6 @@
 //! `stats`: a snapshot from the database file, or from the running `serve` that holds it.
 
-use crate::query;
+use super::ask;
 use crate::{Error, NatsConfig};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -21,7 +21,7 @@ pub struct StatsConfig {
 
 /// The snapshot as the object stored under `period.<P>`.
 pub async fn stats(config: &StatsConfig) -> Result<Value, Error> {
-    let at = config.at.unwrap_or_else(crate::publish::now_minute);
+    let at = config.at.unwrap_or_else(truebit_streams::now_minute);
     let path = config.db_path.clone();
     match blocking(move || Projections::open_existing(path)).await {
         Ok(db) => {
@@ -36,7 +36,7 @@ pub async fn stats(config: &StatsConfig) -> Result<Value, Error> {
                 period: Some(config.period.as_str().to_string()),
                 at: Some(rfc3339(at)),
             };
-            query::ask(&client, &query).await
+            ask::ask(&client, &query).await
         }
         Err(e) => Err(e.into()),
     }

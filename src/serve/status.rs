@@ -1,9 +1,7 @@
-//! What the process knows about itself, for `/healthz`, `/readyz` and the dashboard's
-//! freshness line: whether its loops run, whether it is caught up, and the last snapshot it
-//! published.
+//! What the process knows about itself: whether its loops run, whether it is caught up, and the
+//! last snapshot it published. The fold, the publisher and the lag watcher write it; HTTP
+//! (`/healthz`, `/readyz`, the dashboard's freshness line) only reads it.
 
-use axum::extract::State;
-use axum::http::StatusCode;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -96,23 +94,6 @@ impl Status {
             )),
             Some(_) => None,
         }
-    }
-}
-
-pub async fn healthz(State(state): State<super::AppState>) -> (StatusCode, String) {
-    match state.status.failed() {
-        None => (StatusCode::OK, "ok\n".into()),
-        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-    }
-}
-
-pub async fn readyz(State(state): State<super::AppState>) -> (StatusCode, String) {
-    match state.status.not_ready() {
-        None => (StatusCode::OK, "ready\n".into()),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        ),
     }
 }
 

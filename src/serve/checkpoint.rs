@@ -2,8 +2,8 @@
 //! store, so that `TRUEBIT_EVENTS` may expire old events without a rebuild losing what they
 //! counted.
 
-use crate::files::{remove_if_exists, sibling};
-use crate::leader::Leader;
+use super::leader::Leader;
+use crate::infra::files::{remove_if_exists, sibling};
 use crate::Error;
 use async_nats::jetstream::object_store::ObjectStore;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! may read too. A bad parameter is a 400 whose JSON says what is allowed.
 
 use super::AppState;
-use crate::history::{NodeCounts, NodeHistory};
+use crate::serve::history::{NodeCounts, NodeHistory};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,8 +37,8 @@ fn internal(e: impl std::fmt::Display) -> Response {
 /// `at`, floored to the minute; now when absent.
 fn at_param(q: &HashMap<String, String>) -> Result<Minute, String> {
     match q.get("at") {
-        None => Ok(crate::publish::now_minute()),
-        Some(at) => crate::query::parse_at(at).map_err(|e| e.replace("--at", "at")),
+        None => Ok(truebit_streams::now_minute()),
+        Some(at) => truebit_streams::parse_minute(at).map_err(|e| format!("at {e}")),
     }
 }
 

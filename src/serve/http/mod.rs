@@ -9,12 +9,10 @@
 pub mod api;
 mod assets;
 mod health;
-pub mod metrics;
 
-pub use health::{Published, Status};
-pub use metrics::Metrics;
-
-use crate::history::NodeHistory;
+use super::history::NodeHistory;
+use super::metrics::Metrics;
+use super::status::Status;
 use crate::Error;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};

@@ -7,8 +7,9 @@
 //! writes wait in its client and reach the server after another instance published, is
 //! refused there, so the published numbers never go back.
 
-use crate::http::{Metrics, Published, Status};
-use crate::leader::Leader;
+use super::leader::Leader;
+use super::metrics::Metrics;
+use super::status::{Published, Status};
 use crate::Error;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;

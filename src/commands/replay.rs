@@ -1,6 +1,6 @@
 //! `replay`: rebuild the database from the stream, or verify it against a rebuild.
 
-use crate::files::{remove_if_exists, sibling};
+use crate::infra::files::{remove_if_exists, sibling};
 use crate::{Error, NatsConfig};
 use async_nats::jetstream;
 use std::io::IsTerminal;
@@ -286,7 +286,7 @@ async fn check_admin_key(
     {
         Err(e @ truebit_projections::Error::AdminKey { .. }) => Err(e.into()),
         Err(truebit_projections::Error::Locked { path }) => {
-            crate::query::ask_admin_key(client, configured)
+            super::ask::ask_admin_key(client, configured)
                 .await
                 .map_err(|e| match e {
                     Error::Usage(said) => Error::Usage(format!(

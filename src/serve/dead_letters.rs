@@ -8,10 +8,10 @@
 //! it to its end before it sends anything, so each rejected message keeps exactly one dead letter
 //! across any number of failovers, also past the duplicate window.
 
-use crate::backoff::Backoff;
-use crate::http::metrics::ReasonLabel;
-use crate::http::Metrics;
-use crate::leader::Leader;
+use super::leader::Leader;
+use super::metrics::Metrics;
+use super::metrics::ReasonLabel;
+use crate::infra::backoff::Backoff;
 use crate::Error;
 use async_nats::jetstream;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;

@@ -6,7 +6,7 @@
 //! stream forgets them. The leader's own records come back the same way, so what the dashboard
 //! shows is what any NATS client reads.
 
-use crate::backoff::Backoff;
+use crate::infra::backoff::Backoff;
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
