@@ -5,4 +5,5 @@ pub mod backoff;
 pub mod files;
 pub mod nats;
 pub mod seed;
+pub mod shutdown;
 pub mod topology;

@@ -12,6 +12,7 @@ use super::leader::Leader;
 use super::metrics::Metrics;
 use super::metrics::ReasonLabel;
 use crate::infra::backoff::Backoff;
+use crate::infra::shutdown::Shutdown;
 use crate::Error;
 use async_nats::jetstream;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -303,7 +304,7 @@ pub(crate) async fn follow(
     db: Arc<Projections>,
     read: watch::Sender<u64>,
     followed: Followed,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let mut backoff = Backoff::new();
     loop {
@@ -313,7 +314,7 @@ pub(crate) async fn follow(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read TRUEBIT_DLQ yet; retrying");
                 tokio::select! {
-                    _ = stop.changed() => return,
+                    _ = stop.recv() => return,
                     _ = backoff.wait() => continue,
                 }
             }
@@ -322,7 +323,7 @@ pub(crate) async fn follow(
         let mut batches = std::pin::pin!(messages.chunks_timeout(CHUNK, FOLLOW_LINGER));
         loop {
             let batch = tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.recv() => return,
                 b = batches.next() => b,
             };
             let Some(batch) = batch else { break };

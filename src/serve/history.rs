@@ -7,12 +7,12 @@
 //! shows is what any NATS client reads.
 
 use crate::infra::backoff::Backoff;
+use crate::infra::shutdown::Shutdown;
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
-use tokio::sync::watch;
 use truebit_streams::{HistoryRecord, Minute};
 
 /// Nodes as a published record counted them.
@@ -84,11 +84,7 @@ impl NodeHistory {
 
 /// Reads `TRUEBIT_STATS` from its start and follows it until `stop`; reopens after an error,
 /// from the record after the last one read.
-pub async fn follow(
-    stream: Stream,
-    history: std::sync::Arc<NodeHistory>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn follow(stream: Stream, history: std::sync::Arc<NodeHistory>, mut stop: Shutdown) {
     let mut next = 1u64;
     let mut backoff = Backoff::new();
     // How many minutes back the stream may still hold a record (rounded up, so that a minute
@@ -113,17 +109,17 @@ pub async fn follow(
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read TRUEBIT_STATS yet; retrying");
-                    tokio::select! { _ = stop.changed() => return, _ = backoff.wait() => continue }
+                    tokio::select! { _ = stop.recv() => return, _ = backoff.wait() => continue }
                 }
             },
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read TRUEBIT_STATS yet; retrying");
-                tokio::select! { _ = stop.changed() => return, _ = backoff.wait() => continue }
+                tokio::select! { _ = stop.recv() => return, _ = backoff.wait() => continue }
             }
         };
         loop {
             let msg = tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.recv() => return,
                 msg = messages.next() => msg,
             };
             match msg {
@@ -158,7 +154,7 @@ pub async fn follow(
                 None => break,
             }
         }
-        tokio::select! { _ = stop.changed() => return, _ = backoff.wait() => {} }
+        tokio::select! { _ = stop.recv() => return, _ = backoff.wait() => {} }
     }
 }
 

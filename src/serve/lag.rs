@@ -4,6 +4,7 @@
 
 use super::metrics::Metrics;
 use super::status::Status;
+use crate::infra::shutdown::Shutdown;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::Stream;
 use std::sync::atomic::Ordering;
@@ -20,13 +21,13 @@ pub(crate) async fn watch(
     applied: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     status: Arc<Status>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.recv() => return,
             _ = ticker.tick() => {}
         }
         let connected = client.connection_state() == async_nats::connection::State::Connected;

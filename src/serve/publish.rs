@@ -94,11 +94,6 @@ pub(crate) async fn last_published(client: &async_nats::Client) -> Result<LastPu
     Ok(published)
 }
 
-/// The current minute: the snapshot time `T` of contract §5.1.
-pub(crate) fn now_minute() -> Minute {
-    chrono::Utc::now().timestamp().div_euclid(60)
-}
-
 impl Publisher {
     pub fn new(
         client: async_nats::Client,
@@ -200,13 +195,14 @@ impl Publisher {
             return;
         }
         let started = Instant::now();
-        let (applied, snapshots) = match self.snapshots_with_seq(now_minute()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot compute the snapshot");
-                return;
-            }
-        };
+        let (applied, snapshots) =
+            match self.snapshots_with_seq(truebit_streams::now_minute()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot compute the snapshot");
+                    return;
+                }
+            };
         let computed = started.elapsed();
         // A new leader whose fold stalled behind what the last one published must not make the
         // numbers go back: it catches up first.

@@ -11,10 +11,10 @@
 //! `{"ok": true}` or a 400 error that says what differs and what to do.
 
 use super::publish::Publisher;
+use crate::infra::shutdown::Shutdown;
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::watch;
 use truebit_streams::names::STATS_SERVICE;
 use truebit_streams::{
     now_minute, parse_minute, subjects, AdminKeyQuery, Period, PublicKey, StatsQuery,
@@ -28,7 +28,7 @@ use truebit_streams::{
 pub(crate) async fn answer(
     client: async_nats::Client,
     publisher: Publisher,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> Result<(), String> {
     let service = client
         .service_builder()
@@ -55,7 +55,7 @@ pub(crate) async fn answer(
     let mut requests = futures::stream::select(futures::stream::select(stats, keys), admin_key);
     loop {
         let request = tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.recv() => break,
             r = requests.next() => match r {
                 Some(r) => r,
                 None => return Err(format!("the {STATS_SERVICE} service stopped receiving requests")),

@@ -4,11 +4,12 @@
 use super::commit::Ready;
 use super::order::{Order, Step};
 use crate::infra::backoff::Backoff;
+use crate::infra::shutdown::Shutdown;
 use crate::Error;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use truebit_projections::task::joined;
 use truebit_projections::{inputs, Stored};
@@ -28,7 +29,7 @@ pub(crate) struct Receiver {
     pub order: Order,
     /// One per core: a batch's signatures are checked on all of them at once.
     pub verifiers: Vec<Verifier>,
-    pub stop: watch::Receiver<bool>,
+    pub stop: Shutdown,
 }
 
 impl Receiver {
@@ -46,7 +47,7 @@ impl Receiver {
         loop {
             let deliveries = tokio::select! {
                 biased;
-                _ = stop.changed() => return Ok(()),
+                _ = stop.recv() => return Ok(()),
                 next = messages.next() => match next {
                     Some(deliveries) => deliveries,
                     None => {
@@ -188,14 +189,10 @@ async fn open_messages(consumer: &PullConsumer, batch: usize) -> Result<Batches,
 
 /// Reopens the consumer's message stream, retrying while NATS is away; `None` once asked to
 /// stop, which is no failure: there is nothing in hand to lose.
-async fn reopen(
-    consumer: &PullConsumer,
-    batch: usize,
-    stop: &watch::Receiver<bool>,
-) -> Option<Batches> {
+async fn reopen(consumer: &PullConsumer, batch: usize, stop: &Shutdown) -> Option<Batches> {
     let mut backoff = Backoff::new();
     loop {
-        if *stop.borrow() {
+        if stop.is_shutdown() {
             return None;
         }
         match open_messages(consumer, batch).await {

@@ -13,6 +13,7 @@ mod health;
 use super::history::NodeHistory;
 use super::metrics::Metrics;
 use super::status::Status;
+use crate::infra::shutdown::Shutdown;
 use crate::Error;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
@@ -23,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use truebit_projections::Projections;
 
 /// What the handlers share.
@@ -57,10 +57,10 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 /// Serves until `stop` turns true.
-pub async fn run(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, state: AppState, mut stop: Shutdown) {
     let app = router(state);
     let served = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
+        stop.recv().await;
     });
     if let Err(e) = served.await {
         tracing::error!(error = %e, "the HTTP server stopped");

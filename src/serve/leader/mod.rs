@@ -5,6 +5,7 @@
 
 mod lease;
 
+use crate::infra::shutdown::Shutdown;
 use async_nats::jetstream::kv::{self, Operation};
 use lease::{Lease, Seen, Step, RENEW_EVERY};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,18 +80,13 @@ impl Leader {
 }
 
 /// Keeps the lease until `stop`, then hands it back if this instance holds it.
-pub(crate) async fn run(
-    kv: kv::Store,
-    me: String,
-    leader: Leader,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn run(kv: kv::Store, me: String, leader: Leader, mut stop: Shutdown) {
     let mut ticker = tokio::time::interval(RENEW_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = stop.recv() => break,
             _ = ticker.tick() => {}
             _ = leader.poke.notified() => {}
         }
