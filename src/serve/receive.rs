@@ -125,6 +125,13 @@ impl Receiver {
         }))
         .await;
         self.verifiers = verifiers;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for input in &inputs {
+                if let Err(refusal) = &input.event {
+                    tracing::debug!(seq = input.seq, reason = %refusal.reason, "refused");
+                }
+            }
+        }
         let acks = delivered
             .iter()
             .filter_map(|(seq, _, msg)| msg.reply.as_ref().map(|reply| (*seq, reply)))
