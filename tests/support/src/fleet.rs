@@ -45,7 +45,8 @@ pub struct Fleet {
 }
 
 const CHAINS: [&str; 4] = ["1", "5", "137", "42161"];
-const TYPES: [&str; 3] = ["wasm", "docker", "unknown"];
+/// The language prefixes of the runner's task ids, which the node agent sends as `taskType`.
+const TYPES: [&str; 3] = ["rs", "js", "py"];
 const EXEC: [&str; 9] = [
     "<100ms",
     "100-500ms",
@@ -59,7 +60,27 @@ const EXEC: [&str; 9] = [
 ];
 const MAGNITUDE: [&str; 6] = ["<100K", "100K-1M", "1M-10M", "10M-100M", ">100M", "unknown"];
 const MEMORY: [&str; 5] = ["<64MB", "64-256MB", "256MB-1GB", ">1GB", "unknown"];
-const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
+/// Where the simulated nodes run: cities on every continent a node is likely on (none on
+/// Antarctica), weighted roughly as compute is spread, as (continent, latitude and longitude in
+/// tenths of a degree). A node keeps its place; nodes at one city spread over a few tenths.
+const SITES: [(&str, i64, i64); 16] = [
+    ("EU", 525, 134),   // Berlin
+    ("EU", 489, 24),    // Paris
+    ("EU", 523, 49),    // Amsterdam
+    ("EU", 601, 249),   // Helsinki
+    ("NA", 407, -740),  // New York
+    ("NA", 378, -1224), // San Francisco
+    ("NA", 437, -794),  // Toronto
+    ("NA", 390, -771),  // Ashburn
+    ("AS", 357, 1397),  // Tokyo
+    ("AS", 13, 1038),   // Singapore
+    ("AS", 191, 729),   // Mumbai
+    ("AS", 375, 1270),  // Seoul
+    ("SA", -236, -466), // São Paulo
+    ("SA", -346, -584), // Buenos Aires
+    ("AF", -339, 184),  // Cape Town
+    ("OC", -339, 1512), // Sydney
+];
 
 impl Fleet {
     /// A fleet whose tasks span the last day.
@@ -118,9 +139,9 @@ impl Fleet {
             }
             if rng.below(100) < 40 {
                 exp.heartbeats += 1;
-                let continent = CONTINENTS[(node % 7) as usize];
-                let lat = (node % 1800) as i64 - 900;
-                let lon = ((node * 7) % 3600) as i64 - 1800;
+                let (continent, lat, lon) = SITES[(node % SITES.len() as u64) as usize];
+                let spread = (node / SITES.len() as u64 % 7) as i64 - 3;
+                let (lat, lon) = (lat + spread, lon - spread);
                 send(
                     "truebit.heartbeat",
                     format!(
