@@ -94,12 +94,18 @@ fn outgoing(event: &Event) -> Outgoing {
     }
 }
 
-fn status_event(node_id: &str, kind: EventKind) -> Outgoing {
-    outgoing(&Event {
+/// Puts a heartbeat, join or leave in the outbox, numbered (see [`State::enqueue_numbered`]).
+fn enqueue_status(state: &State, node_id: &str, kind: EventKind) -> Result<String, Error> {
+    let event = Event {
         node_id: node_id.to_string(),
         minute: anonymize::floor_5min(now()),
         kind,
-    })
+    };
+    state.enqueue_numbered(
+        &format!("{node_id}:{}", event.type_name()),
+        event.subject().to_string(),
+        event.payload(),
+    )
 }
 
 /// Runs the agent until `shutdown` completes; then says `node_left` and stops.
@@ -209,12 +215,13 @@ pub async fn node(
     }
     publisher.abort();
     let _ = publisher.await;
-    state.enqueue(vec![status_event(
+    enqueue_status(
+        &state,
         &node_id,
         EventKind::NodeLeft {
             status: Some("offline".into()),
         },
-    )])?;
+    )?;
     let last = publisher::Publisher {
         js,
         state: state.clone(),
@@ -279,7 +286,7 @@ async fn say_alive(
                 location: None,
             }),
         };
-        if let Err(e) = state.enqueue(vec![status_event(&node_id, event)]) {
+        if let Err(e) = enqueue_status(&state, &node_id, event) {
             tracing::error!(error = %e, "cannot put an event in the outbox");
         }
         wake.notify_one();

@@ -22,6 +22,8 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const NODE_ID: &str = "node_id";
 const RUNNING: &str = "running";
 const SNAPSHOT: &str = "snapshot";
+/// The last `n` given to a heartbeat, join or leave (contract §10's `<nodeId>:<type>:<n>`).
+const STATUS_COUNTER: &str = "status_counter";
 
 /// Where a followed log file was left: its identity (device and inode) and the byte offset of
 /// the first entry not yet taken.
@@ -259,6 +261,41 @@ impl State {
                 ..Batch::default()
             },
         )
+    }
+
+    /// Puts a heartbeat, join or leave in the outbox with the Msg-Id `<prefix>:<n>` (the prefix
+    /// is `<nodeId>:<type>`), `n` the next value of a counter kept here and taken in the same
+    /// transaction as the event enters the outbox. So no two are alike (a time in the id repeats
+    /// within JetStream's duplicate window, and JetStream would drop all but the first), and a
+    /// re-send after a crash carries the id the first send had, which JetStream deduplicates.
+    pub fn enqueue_numbered(
+        &self,
+        prefix: &str,
+        subject: String,
+        payload: Vec<u8>,
+    ) -> Result<String, Error> {
+        let txn = try_db!(self, self.db.begin_write())?;
+        let msg_id;
+        {
+            let mut meta = try_db!(self, txn.open_table(META))?;
+            let last = try_db!(self, meta.get(STATUS_COUNTER))?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map_or(0, u64::from_be_bytes);
+            let n = last + 1;
+            try_db!(self, meta.insert(STATUS_COUNTER, &n.to_be_bytes()[..]))?;
+            msg_id = format!("{prefix}:{n}");
+            let out = Outgoing {
+                subject,
+                msg_id: msg_id.clone(),
+                payload,
+            };
+            let mut outbox = try_db!(self, txn.open_table(OUTBOX))?;
+            let next = try_db!(self, outbox.last())?.map_or(0, |(k, _)| k.value() + 1);
+            let bytes = serde_json::to_vec(&out).expect("JSON serializes");
+            try_db!(self, outbox.insert(next, bytes.as_slice()))?;
+        }
+        try_db!(self, txn.commit())?;
+        Ok(msg_id)
     }
 
     /// Up to `limit` events waiting, oldest first, with their place in the outbox.
