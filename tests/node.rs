@@ -665,7 +665,8 @@ async fn the_endpoint_says_awaiting_then_connected_then_stale() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The aggregator stops: after two intervals the same numbers, `stale`.
+    // The aggregator stops: once its last snapshot's timestamp is two intervals and a minute
+    // old, the same numbers, `stale`.
     served.stop().await.unwrap();
     let stale = wait_network_stats(addr, |v| v["status"] == "stale").await;
     assert_eq!(stale["totalTasks"], 3, "{stale}");
@@ -926,4 +927,110 @@ async fn every_heartbeat_join_and_leave_is_stored() {
                 || id.starts_with(&format!("{node_id}:heartbeat"))),
         "{ids:?}"
     );
+}
+
+/// A snapshot as the aggregator publishes it, stamped `minutes_ago` before this minute.
+fn snapshot_body(minutes_ago: i64, total_tasks: u64) -> Vec<u8> {
+    let minute = chrono::Utc::now().timestamp() / 60 - minutes_ago;
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp(minute * 60, 0).unwrap();
+    serde_json::to_vec(&json!({"version": "1.0", "type": "network_stats",
+        "timestamp": at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        "data": {"totalTasks": total_tasks}}))
+    .unwrap()
+}
+
+/// Publishes a snapshot on `truebit.stats.aggregated` with its `Truebit-Last-Seq`.
+async fn publish_snapshot(client: &async_nats::Client, last_seq: u64, body: Vec<u8>) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Truebit-Last-Seq", last_seq.to_string().as_str());
+    client
+        .publish_with_headers("truebit.stats.aggregated", headers, body.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+/// A days-old snapshot in KV `latest` (its aggregator stopped long ago) is `stale` at once,
+/// though the agent has just read it; a fresh one on the subject is `connected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_days_old_kv_snapshot_read_at_start_is_stale() {
+    // An aggregator made the topology, then stopped days ago.
+    let mut served = Served::start().await;
+    served.stop().await.unwrap();
+    let (server, client) = (&served.server, served.client.clone());
+    let kv = served.js.get_key_value("truebit-stats").await.unwrap();
+    kv.put("latest", snapshot_body(3 * 24 * 60, 5).into())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut c = NodeConfig::new(&server.url(), dir.path().join("state"));
+    c.salt = Some(SALT.into());
+    c.http_addr = Some(addr);
+    let agent = Agent::start(c);
+    let shown = wait_network_stats(addr, |v| v["status"] != "awaiting_data").await;
+    assert_eq!(shown["totalTasks"], 5, "{shown}");
+    assert_eq!(shown["status"], "stale", "{shown}");
+    publish_snapshot(&client, 7, snapshot_body(0, 6)).await;
+    let shown = wait_network_stats(addr, |v| v["totalTasks"] == 6).await;
+    assert_eq!(shown["status"], "connected", "{shown}");
+    agent.stop().await;
+}
+
+/// Contract §9 Fencing, the subscriber's part: a snapshot whose `Truebit-Last-Seq` is lower
+/// than the newest one's, and not later, is a cut-off leader's sent late: ignored. A lower one
+/// that is later (a recreated events stream) is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_ignores_a_late_snapshot_of_a_cut_off_leader() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, log) = (free_addr(), dir.path().join("agent.log"));
+    let mut c = agent_command(&server.url(), &dir.path().join("state"), "node-fence", &log);
+    c.env("NODE_HTTP_ADDR", addr.to_string());
+    let mut agent = Reaped(c.spawn().unwrap());
+    // A core subscription keeps nothing for a subscriber not there yet: the newest snapshot is
+    // published again until the agent shows it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        publish_snapshot(&client, 100, snapshot_body(0, 10)).await;
+        if network_stats(addr)
+            .await
+            .is_some_and(|v| v["totalTasks"] == 10)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent shows no snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cut-off leader's snapshot, behind (seq 50) and no later (this minute).
+    publish_snapshot(&client, 50, snapshot_body(0, 5)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let shown = network_stats(addr).await.unwrap();
+        assert_eq!(
+            shown["totalTasks"], 10,
+            "the late snapshot is shown: {shown}"
+        );
+        if std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("ignored a snapshot behind the newest")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never said it ignored the late snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(network_stats(addr).await.unwrap()["totalTasks"], 10);
+    // A recreated stream: sequences start again, the minute is later.
+    publish_snapshot(&client, 3, snapshot_body(-1, 3)).await;
+    wait_network_stats(addr, |v| v["totalTasks"] == 3).await;
+    signal(&agent, SIGTERM);
+    assert_eq!(exited(&mut agent).await, Some(0));
 }

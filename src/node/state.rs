@@ -49,6 +49,10 @@ pub struct Kept {
     /// once a second. 0 in a snapshot kept by an agent before this field existed.
     #[serde(default)]
     pub received_ms: i64,
+    /// Its `Truebit-Last-Seq` header (contract §9 Fencing); `None` for one read from KV
+    /// `latest`, which carries no headers, or kept before this field existed.
+    #[serde(default)]
+    pub last_seq: Option<u64>,
     pub body: serde_json::Value,
 }
 
@@ -59,6 +63,39 @@ impl Kept {
             self.received_ms
         } else {
             self.received_at.saturating_mul(1000)
+        }
+    }
+
+    /// The snapshot's own `timestamp` (the aggregator's time, floored to the minute), in Unix
+    /// milliseconds; `None` when it has none that parses.
+    pub fn stamped_ms(&self) -> Option<i64> {
+        let text = self.body.get("timestamp")?.as_str()?;
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// Whether `self`, just received, replaces `newest`, the one kept (contract §9 Fencing): not
+    /// when its `Truebit-Last-Seq` is lower, unless its `timestamp` is later (a recreated events
+    /// stream starts its sequences again; a cut-off leader's late snapshot is never later). A
+    /// snapshot without a sequence (KV `latest`) is judged by its timestamp alone: not when it is
+    /// earlier than the kept one's.
+    pub fn supersedes(&self, newest: Option<&Kept>) -> bool {
+        let Some(newest) = newest else {
+            return true;
+        };
+        let later = match (self.stamped_ms(), newest.stamped_ms()) {
+            (Some(new), Some(old)) => new > old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let earlier = match (self.stamped_ms(), newest.stamped_ms()) {
+            (Some(new), Some(old)) => new < old,
+            _ => false,
+        };
+        match (self.last_seq, newest.last_seq) {
+            (Some(new), Some(old)) => new >= old || later,
+            _ => !earlier,
         }
     }
 }
