@@ -1034,3 +1034,104 @@ async fn the_agent_ignores_a_late_snapshot_of_a_cut_off_leader() {
     signal(&agent, SIGTERM);
     assert_eq!(exited(&mut agent).await, Some(0));
 }
+
+/// Contract §10: a backlog several minutes long at the key's `rateLimit` goes out paced, so an
+/// enforcing aggregator refuses none of it: every event folded, no dead letter, and no minute of
+/// JetStream's stored time holding more than the limit of the node's messages, its join and
+/// leave included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_out_within_the_rate_limit_and_enforce_refuses_none() {
+    const LIMIT: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let admin = keys(
+        "nats://127.0.0.1:1",
+        &["new-admin", "--out", &path("admin.seed")],
+    );
+    let admin_key = truebit_streams::PublicKey::parse(&admin).unwrap();
+    let served = Served::start_with(move |c| c.admin_key = Some(admin_key.clone())).await;
+    let url = served.server.url();
+    let node_key = keys(&url, &["new", "--out", &path("node.seed")]);
+    let admin_seed = ["--admin-seed", &path("admin.seed")];
+    keys(
+        &url,
+        &[
+            &["issue", "--name", "paced", "--node-id", "node-paced"][..],
+            &[
+                "--public-key",
+                &node_key,
+                "--rate-limit",
+                &LIMIT.to_string(),
+            ],
+            &admin_seed,
+        ]
+        .concat(),
+    );
+    keys(&url, &[&["mode", "enforce"][..], &admin_seed].concat());
+
+    // A runner with history: 3 executions and 2 invoices, 8 events, and the join: 9 messages,
+    // three minutes at 4 a minute.
+    let eventdb = dir.path().join("node-eventDB.json");
+    write_eventdb(&eventdb, 0..3);
+    let log = dir.path().join("agent.log");
+    let mut c = agent_command(&url, &dir.path().join("state"), "node-paced", &log);
+    c.env("EVENTDB", &eventdb)
+        .env("NODE_KEY_SEED", path("node.seed"))
+        .env("NODE_RATE_LIMIT", LIMIT.to_string())
+        .env("HEARTBEAT_INTERVAL", "3600");
+    let mut agent = Reaped(c.spawn().unwrap());
+    let dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let refused = dlq.clone().info().await.unwrap().state.messages;
+        assert_eq!(refused, 0, "a message of the agent was refused");
+        let want = [
+            ("truebit.tasks.received", 3),
+            ("truebit.tasks.completed", 3),
+            ("truebit.invoices.created", 2),
+        ];
+        let mut all = true;
+        for (subject, n) in want {
+            all &= stored(&served.js, subject).await >= n;
+        }
+        if all {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog did not go out in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&agent, SIGTERM);
+    assert_eq!(exited(&mut agent).await, Some(0));
+    let mut stream = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let snap = served.wait_folded(last).await;
+    assert_eq!(snap["data"]["totalTasks"], 3, "{snap}");
+    assert_eq!(snap["data"]["totalInvoices"], 2, "{snap}");
+    assert_eq!(
+        dlq.clone().info().await.unwrap().state.messages,
+        0,
+        "no dead letter"
+    );
+    // The node's messages by the minute JetStream stored them in.
+    let mut per_minute = BTreeMap::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if body["nodeId"] == "node-paced" {
+            *per_minute.entry(m.time.timestamp() / 60).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        per_minute.values().sum::<u64>(),
+        10,
+        "9 and the leave: {per_minute:?}"
+    );
+    assert!(
+        per_minute.values().all(|n| *n <= LIMIT),
+        "more than {LIMIT} in a minute: {per_minute:?}"
+    );
+    assert!(per_minute.len() >= 3, "{per_minute:?}");
+}

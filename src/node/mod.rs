@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub grace: Duration,
     /// Most events the outbox holds; when full, the runner's files are not read until it drains.
     pub outbox_max: u64,
+    /// The key's `rateLimit` (contract §7): most messages sent in any minute.
+    pub rate_limit: u32,
 }
 
 impl NodeConfig {
@@ -73,6 +75,7 @@ impl NodeConfig {
             poll_interval: Duration::from_secs(1),
             grace: Duration::from_secs(60),
             outbox_max: 100_000,
+            rate_limit: 60,
         }
     }
 }
@@ -145,6 +148,13 @@ pub async fn node(
         .await?;
     let js = async_nats::jetstream::new(client.clone());
     let wake = Arc::new(Notify::new());
+    let pacer = Arc::new(std::sync::Mutex::new(publisher::Pacer::resume(
+        config.rate_limit,
+        publisher::WINDOW,
+        &state.recent_acks()?,
+        Instant::now(),
+        chrono::Utc::now().timestamp_millis(),
+    )));
 
     let view: network::View = Arc::new(std::sync::Mutex::new(state.snapshot()?));
     let mut tasks = Vec::new();
@@ -168,6 +178,7 @@ pub async fn node(
             state: state.clone(),
             key: key.clone(),
             wake: wake.clone(),
+            pacer: pacer.clone(),
         }
         .run(),
     );
@@ -227,6 +238,7 @@ pub async fn node(
         state: state.clone(),
         key,
         wake,
+        pacer,
     };
     match tokio::time::timeout(Duration::from_secs(5), last.drain()).await {
         Ok(Ok(_)) => tracing::info!("the outbox is empty; stopped"),

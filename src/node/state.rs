@@ -22,6 +22,9 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const NODE_ID: &str = "node_id";
 const RUNNING: &str = "running";
 const SNAPSHOT: &str = "snapshot";
+/// When JetStream acknowledged the agent's latest messages (Unix ms), for the rate limit to
+/// survive a restart (see [`super::publisher::Pacer`]).
+const RECENT_ACKS: &str = "recent_acks";
 /// The last `n` given to a heartbeat, join or leave (contract §10's `<nodeId>:<type>:<n>`).
 const STATUS_COUNTER: &str = "status_counter";
 
@@ -354,16 +357,34 @@ impl State {
         try_db!(self, try_db!(self, txn.open_table(OUTBOX))?.len())
     }
 
-    /// Drops the events JetStream has acknowledged.
-    pub fn sent(&self, places: &[u64]) -> Result<(), Error> {
+    /// Drops the events JetStream has acknowledged; with `recent_acks`, keeps when the latest
+    /// acknowledgements came, in the same transaction.
+    pub fn sent(&self, places: &[u64], recent_acks: Option<&[i64]>) -> Result<(), Error> {
         let txn = try_db!(self, self.db.begin_write())?;
         {
             let mut table = try_db!(self, txn.open_table(OUTBOX))?;
             for place in places {
                 try_db!(self, table.remove(*place))?;
             }
+            if let Some(acks) = recent_acks {
+                let bytes: Vec<u8> = acks.iter().flat_map(|t| t.to_be_bytes()).collect();
+                try_db!(
+                    self,
+                    try_db!(self, txn.open_table(META))?.insert(RECENT_ACKS, bytes.as_slice())
+                )?;
+            }
         }
         try_db!(self, txn.commit())
+    }
+
+    /// When the latest acknowledgements came (Unix ms), as [`State::sent`] kept them.
+    pub fn recent_acks(&self) -> Result<Vec<i64>, Error> {
+        Ok(self
+            .meta(RECENT_ACKS)?
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect())
     }
 }
 
@@ -418,7 +439,7 @@ mod tests {
         state.enqueue(vec![out(1), out(2)]).unwrap();
         state.enqueue(vec![out(3)]).unwrap();
         let first = state.pending(1).unwrap()[0].0;
-        state.sent(&[first]).unwrap();
+        state.sent(&[first], None).unwrap();
         drop(state);
         let state = State::open(dir.path()).unwrap();
         let ids: Vec<_> = state
