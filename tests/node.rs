@@ -1135,3 +1135,50 @@ async fn a_backlog_goes_out_within_the_rate_limit_and_enforce_refuses_none() {
     );
     assert!(per_minute.len() >= 3, "{per_minute:?}");
 }
+
+/// Contract §10 and issue 17: once the agent has read the EventDB and every log to their end,
+/// nothing it read waits `--grace` for a better source that a file would have held already:
+/// outcome records without a completion line and invoices without a log line go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_files_held_at_start_waits_for_no_grace() {
+    let served = Served::start().await;
+    let (dir, eventdb) = dirs();
+    let logs = dir.path().join("debug");
+    std::fs::create_dir(&logs).unwrap();
+    // The log tells of other executions, the last of which is still running.
+    append_log(&logs.join("worker-runner-node.log"), 100..103, true);
+    // Executions 0..4 have an outcome record only; 0 and 2 an invoice with no log line.
+    write_eventdb(&eventdb, 0..4);
+    let mut c = config(
+        &served.server.url(),
+        &dir.path().join("state"),
+        &eventdb,
+        "node-nograce",
+    );
+    c.logs = Some(logs);
+    c.grace = Duration::from_secs(3600);
+    let agent = Agent::start(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let want = [
+        ("truebit.tasks.received", 7),
+        ("truebit.tasks.completed", 6),
+        ("truebit.invoices.created", 2),
+    ];
+    loop {
+        let mut got = Vec::new();
+        for (subject, n) in want {
+            got.push((subject, stored(&served.js, subject).await, n));
+        }
+        if got.iter().all(|(_, have, n)| have >= n) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still waiting for --grace (subject, have, want): {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.stop().await;
+    let per_subject = assert_each_once(&served.js).await;
+    assert_eq!(per_subject["truebit.tasks.completed"], 6, "{per_subject:?}");
+}

@@ -29,6 +29,12 @@ impl EventDb {
         }
     }
 
+    /// Whether every file parsed at the last poll (or there is none yet): what they hold has
+    /// been read to its end.
+    pub fn read_through(&self) -> bool {
+        self.failures == 0
+    }
+
     fn files(&self) -> Vec<PathBuf> {
         if self.path.is_dir() {
             let mut found: Vec<PathBuf> = super::folder::files_ending(&self.path, "-eventDB.json")

@@ -45,7 +45,7 @@ fn derive(salt: &Salt) -> Vec<Event> {
         }
     }
     let mut events: Vec<Event> = tracker
-        .ready(now, 60, "node-a", salt)
+        .ready(now, 60, None, "node-a", salt)
         .into_iter()
         .map(|r| r.event)
         .collect();
@@ -56,12 +56,14 @@ fn derive(salt: &Salt) -> Vec<Event> {
     );
     events.extend(
         tracker
-            .ready(now + 60, 60, "node-a", salt)
+            .ready(now + 60, 60, None, "node-a", salt)
             .into_iter()
             .map(|r| r.event),
     );
     assert!(
-        tracker.ready(now + 600, 60, "node-a", salt).is_empty(),
+        tracker
+            .ready(now + 600, 60, None, "node-a", salt)
+            .is_empty(),
         "each event once"
     );
     events

@@ -19,6 +19,8 @@ pub struct Logs {
     gz_read: HashSet<String>,
     /// The size each file had at the last poll that left an entry pending.
     pending_at: HashMap<String, u64>,
+    /// The last poll read every file to its end: no entry pending, no file unreadable.
+    read_through: bool,
 }
 
 impl Logs {
@@ -32,7 +34,13 @@ impl Logs {
             positions,
             gz_read,
             pending_at: HashMap::new(),
+            read_through: false,
         }
+    }
+
+    /// Whether the last poll read every followed log to its end.
+    pub fn read_through(&self) -> bool {
+        self.read_through
     }
 
     fn files(&self, suffix: &str) -> Vec<(PathBuf, std::fs::Metadata)> {
@@ -79,6 +87,7 @@ impl Logs {
         let files = self.files(".log");
         let present: HashSet<String> = files.iter().map(|(_, m)| identity(m)).collect();
         self.positions.retain(|id, _| present.contains(id));
+        let mut through = true;
         for (path, meta) in files {
             let id = identity(&meta);
             let mut pos = self.positions.get(&id).cloned().unwrap_or_default();
@@ -93,6 +102,7 @@ impl Logs {
             match read_from(&path, pos.offset, tracker, now, idle) {
                 Ok((offset, pending)) => {
                     if pending {
+                        through = false;
                         self.pending_at.insert(id.clone(), meta.len());
                     } else {
                         self.pending_at.remove(&id);
@@ -104,10 +114,12 @@ impl Logs {
                     }
                 }
                 Err(e) => {
+                    through = false;
                     tracing::warn!(file = %path.display(), error = %e, "cannot read the log; trying again")
                 }
             }
         }
+        self.read_through = through;
     }
 }
 

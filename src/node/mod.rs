@@ -325,6 +325,8 @@ fn read_loop(
     let mut eventdb = config.eventdb.clone().map(eventdb::EventDb::new);
     let mut first = true;
     let mut full = false;
+    // When every file was first read to its end: what was read by then waits for no grace.
+    let mut read_through: Option<i64> = None;
     let grace = config.grace.as_secs() as i64;
     let (total, active) = tracker.counts();
     counts.0.store(total, Ordering::Relaxed);
@@ -374,8 +376,15 @@ fn read_loop(
                 }
             }
         }
+        if read_through.is_none()
+            && eventdb.as_ref().is_none_or(|e| e.read_through())
+            && logs.as_ref().is_none_or(|l| l.read_through())
+        {
+            tracing::info!("read the runner's files to their end: what they held goes out now, without waiting --grace for a better source");
+            read_through = Some(at);
+        }
         batch.events = tracker
-            .ready(at, grace, node_id, salt)
+            .ready(at, grace, read_through, node_id, salt)
             .iter()
             .map(|r| outgoing(&r.event))
             .collect();

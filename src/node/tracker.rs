@@ -13,6 +13,11 @@
 //!   `completed`, no `success`, the gas bucket from the invoice's steps if known.
 //! - `invoice_created` at its log line's time, or after the grace period at the time it was first
 //!   read (the EventDB gives an invoice no time of its own).
+//!
+//! The grace period is for what the runner is writing now: it writes the EventDB and its log
+//! about the same moment, in either order. What the agent read before it first reached the end of
+//! every file (its history at start-up, or after an outage) waits for nothing: the better source
+//! would have been in a file already read.
 
 use super::runner::{InvoiceRecord, LineKind, Metering, Record, TaskCreated};
 use serde::{Deserialize, Serialize};
@@ -218,7 +223,18 @@ impl Tracker {
 
     /// The events that are ready at `now`, each marked sent so that it never goes again;
     /// ordered by their raw time, a task's receipt before its completion.
-    pub fn ready(&mut self, now: i64, grace: i64, node_id: &str, salt: &Salt) -> Vec<Ready> {
+    ///
+    /// `read_through`: when the agent had first read every file to its end (`None` until then).
+    /// What was read by then waits for no `grace`: its better source (a log line, an invoice's
+    /// time) would have been in a file already read, so none is coming.
+    pub fn ready(
+        &mut self,
+        now: i64,
+        grace: i64,
+        read_through: Option<i64>,
+        node_id: &str,
+        salt: &Salt,
+    ) -> Vec<Ready> {
         let mut out = Vec::new();
         let event = |at: i64, kind: EventKind| Ready {
             at,
@@ -229,7 +245,8 @@ impl Tracker {
             },
         };
         for (id, e) in self.executions.iter_mut() {
-            let due = |read_at: i64| now - read_at >= grace;
+            let due =
+                |read_at: i64| now - read_at >= grace || read_through.is_some_and(|t| read_at <= t);
             let completion = !e.sent_completed
                 && (e.completed_at.is_some() || e.outcome_read_at.is_some_and(due));
             let receipt_known = e.received_at.or(e.log_received_at);
@@ -270,7 +287,9 @@ impl Tracker {
             }
         }
         for (id, inv) in self.invoices.iter_mut() {
-            if inv.sent || !(inv.log_at.is_some() || now - inv.first_read_at >= grace) {
+            let due = now - inv.first_read_at >= grace
+                || read_through.is_some_and(|t| inv.first_read_at <= t);
+            if inv.sent || !(inv.log_at.is_some() || due) {
                 continue;
             }
             inv.sent = true;
