@@ -1182,3 +1182,31 @@ async fn what_the_files_held_at_start_waits_for_no_grace() {
     let per_subject = assert_each_once(&served.js).await;
     assert_eq!(per_subject["truebit.tasks.completed"], 6, "{per_subject:?}");
 }
+
+/// Contract §10: an agent that can no longer read says why and exits non-zero, for its
+/// supervisor to restart it, instead of heartbeating while reading nothing. Here its EventDB
+/// never parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_eventdb_never_parses_exits_saying_why() {
+    let served = Served::start().await;
+    let (dir, eventdb) = dirs();
+    std::fs::write(&eventdb, "this is not the runner's EventDB").unwrap();
+    let log = dir.path().join("agent.log");
+    let mut c = agent_command(
+        &served.server.url(),
+        &dir.path().join("state"),
+        "node-broken",
+        &log,
+    );
+    c.env("EVENTDB", &eventdb)
+        .env("NODE_POLL_INTERVAL", "20")
+        .env("HEARTBEAT_INTERVAL", "1");
+    let mut agent = Reaped(c.spawn().unwrap());
+    let code = exited(&mut agent).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("has not parsed for") && text.contains(&eventdb.display().to_string()),
+        "{text}"
+    );
+}
