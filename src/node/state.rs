@@ -53,8 +53,40 @@ pub struct LogPosition {
 pub struct Outgoing {
     pub subject: String,
     pub msg_id: String,
+    #[serde(with = "payload")]
     pub payload: Vec<u8>,
 }
+
+/// A payload kept as the JSON text it is, not as an array of numbers (a quarter of the bytes
+/// on disk and in a commit's write buffer); an outbox written as numbers before still reads.
+mod payload {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.collect_seq(bytes),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Kept {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(match Kept::deserialize(d)? {
+            Kept::Text(t) => t.into_bytes(),
+            Kept::Bytes(b) => b,
+        })
+    }
+}
+
+/// The memory redb may use for the state's page cache and write buffer: what the agent looks up
+/// is recent or found through an index, and the operating system's page cache holds the rest.
+const CACHE_BYTES: usize = 8 << 20;
 
 /// The last snapshot received, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,7 +191,10 @@ impl State {
     pub fn open(dir: &Path) -> Result<State, Error> {
         std::fs::create_dir_all(dir).map_err(Error::io("creating the state directory", dir))?;
         let path = dir.join("state.redb");
-        let db = Database::create(&path).map_err(|e| db_err(&path)(e.into()))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| db_err(&path)(e.into()))?;
         let state = State { db, path };
         let txn = try_db!(state, state.db.begin_write())?;
         for t in [META, EXECUTIONS, INVOICES, FILES] {
@@ -589,6 +624,15 @@ mod tests {
             .node_id(Some("n1"))
             .unwrap();
         assert_eq!(given, "n1");
+    }
+
+    #[test]
+    fn an_outbox_entry_written_with_the_payload_as_numbers_still_reads() {
+        let old = br#"{"subject":"s","msg_id":"m","payload":[123,125]}"#;
+        let out: Outgoing = serde_json::from_slice(old).unwrap();
+        assert_eq!(out.payload, b"{}");
+        let new = serde_json::to_string(&out).unwrap();
+        assert_eq!(new, r#"{"subject":"s","msg_id":"m","payload":"{}"}"#);
     }
 
     #[test]
