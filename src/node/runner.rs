@@ -547,6 +547,23 @@ mod tests {
     }
 
     #[test]
+    fn a_joined_entry_is_cut_at_its_bound_and_the_next_one_is_whole() {
+        let mut e = Entries::default();
+        e.push("2026-12-03 11:32:48 debug: @truebit/worker-runner-node:2.4.1 a dump:");
+        let line = "x".repeat(1000);
+        for _ in 0..3 * ENTRY_MAX / 1000 {
+            assert!(e.push(&line).is_none());
+        }
+        let cut = e
+            .push("2026-12-03 11:32:49 info: @truebit/worker-runner-node:2.4.1 Execution 0a-1 completed")
+            .unwrap();
+        assert!(cut.text.len() <= ENTRY_MAX, "{}", cut.text.len());
+        assert!(cut.text.len() > ENTRY_MAX - 1002);
+        let next = e.finish().unwrap();
+        assert_eq!(classify(&next), LineKind::Completed("0a-1".into()));
+    }
+
+    #[test]
     fn slot_lines_and_semaphore_invoice_lines_are_slots() {
         let entry = |t: &str| Entry {
             at: 0,
