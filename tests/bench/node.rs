@@ -15,6 +15,9 @@
 //!   read and nothing changes, divided by 20 (an upper bound: the heartbeat and the publisher's
 //!   retries are counted with it).
 //!
+//! - the CPU time and the wall time the agent spends on the runner rewriting its EventDB with
+//!   one execution more (the file is read again, a record at a time, and every key looked up).
+//!
 //! It asserts nothing about speed or size; the goal is RSS under 64 MiB and a poll under 10 ms.
 
 use std::io::{BufRead as _, Write as _};
@@ -238,6 +241,32 @@ fn main() {
     println!(
         "idle poll {:.2} ms of CPU (over {polls} polls of {poll_ms} ms; goal: under 10)",
         (after - before).as_secs_f64() * 1e3 / polls as f64
+    );
+
+    // The runner adds an execution: it rewrites the EventDB whole.
+    let tmp = runner.join("eventDB.tmp");
+    write_eventdb(&tmp, executions + 1, base_s * 1000);
+    let (_, before) = usage(pid);
+    let started = Instant::now();
+    std::fs::rename(&tmp, &eventdb).unwrap();
+    let mut last = before;
+    let mut quiet = 0;
+    while quiet < 2 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = usage(pid).1;
+        quiet = if now - last < Duration::from_millis(100) {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    let (peak_kib, after) = usage(pid);
+    println!(
+        "rewrite   of the EventDB with one execution more: {:.1} s of CPU, quiet again after {:.1} s; peak RSS now {:.1} MiB",
+        (after - before).as_secs_f64(),
+        started.elapsed().as_secs_f64() - 2.0,
+        peak_kib as f64 / 1024.0
     );
     truebit_testkit::signal(&agent, truebit_testkit::SIGTERM);
     let _ = agent.wait();
