@@ -33,6 +33,8 @@ pub struct EventDb {
     /// What each file looked like when it last parsed.
     last: Vec<(PathBuf, u64, u64, Option<SystemTime>)>,
     failures: u32,
+    /// The last poll stopped before the end ([`Halt::Full`]).
+    halted: bool,
 }
 
 impl EventDb {
@@ -41,13 +43,14 @@ impl EventDb {
             path,
             last: Vec::new(),
             failures: 0,
+            halted: false,
         }
     }
 
     /// Whether every file parsed at the last poll (or there is none yet): what they hold has
     /// been read to its end.
     pub fn read_through(&self) -> bool {
-        self.failures == 0
+        self.failures == 0 && !self.halted
     }
 
     fn files(&self) -> Vec<PathBuf> {
@@ -87,7 +90,10 @@ impl EventDb {
                 })
             });
             match halted {
-                Some(Halt::Full) => return Ok(false),
+                Some(Halt::Full) => {
+                    self.halted = true;
+                    return Ok(false);
+                }
                 Some(failed) => return Err(failed),
                 None => {}
             }
@@ -111,6 +117,7 @@ impl EventDb {
             tracing::info!("the EventDB parses again");
         }
         self.failures = 0;
+        self.halted = false;
         self.last = looks;
         Ok(true)
     }
