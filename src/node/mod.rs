@@ -530,10 +530,9 @@ fn read_loop(
                 }
                 Ok(())
             });
-            match polled {
-                Ok(_) => {}
-                Err(eventdb::Halt::Failed(e)) => return Err(e),
-                Err(eventdb::Halt::Full) => unreachable!("poll turns Full into Ok(false)"),
+            // A full outbox stopped it: the rest is read once there is room.
+            if let Err(eventdb::Halt::Failed(e)) = polled {
+                return Err(e);
             }
             // The records before a cut or a stop are whole: taken like the others.
             r.records(&mut tracker, &mut batch, &mut chunk, at)?;
