@@ -270,6 +270,13 @@ pub struct NodeArgs {
     /// Most events the outbox keeps while NATS is away.
     #[arg(long, env = "OUTBOX_MAX", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub outbox_max: u64,
+    /// How often the runner's files are looked at (ms).
+    #[arg(long, env = "NODE_POLL_INTERVAL", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub poll_interval: u64,
+    /// The rateLimit the operator issued this node's key with (messages per minute): never more
+    /// go out in any minute, so that an enforcing aggregator refuses none.
+    #[arg(long, env = "NODE_RATE_LIMIT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: u32,
     /// Print the nodeId (which an operator needs to bind a key) and exit.
     #[arg(long)]
     pub show_id: bool,
@@ -425,9 +432,10 @@ pub async fn run(
                 http_addr: args.http_addr.0,
                 publish_interval: Duration::from_millis(args.publish_interval),
                 heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
-                poll_interval: Duration::from_secs(1),
+                poll_interval: Duration::from_millis(args.poll_interval),
                 grace: Duration::from_secs(args.grace),
                 outbox_max: args.outbox_max,
+                rate_limit: args.rate_limit,
             };
             crate::node(config, shutdown).await?;
             Ok(String::new())

@@ -494,9 +494,8 @@ async fn restarted_mid_file(sig: i32) {
         per_subject["truebit.invoices.created"], 4,
         "{per_subject:?}"
     );
-    // `node_left` on each SIGTERM, under the contract's Msg-Id `<nodeId>:node_left:<5-minute
-    // timestamp>`: two stops in the same 5 minutes, within the 2-minute duplicate window, are
-    // one message in the stream.
+    // `node_left` on each SIGTERM, under the contract's Msg-Id `<nodeId>:node_left:<n>`: every
+    // one sent is stored.
     let wire = wire_ids(&mut wire).await;
     let lefts: Vec<_> = wire
         .keys()
@@ -666,7 +665,8 @@ async fn the_endpoint_says_awaiting_then_connected_then_stale() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The aggregator stops: after two intervals the same numbers, `stale`.
+    // The aggregator stops: once its last snapshot's timestamp is two intervals and a minute
+    // old, the same numbers, `stale`.
     served.stop().await.unwrap();
     let stale = wait_network_stats(addr, |v| v["status"] == "stale").await;
     assert_eq!(stale["totalTasks"], 3, "{stale}");
@@ -766,11 +766,8 @@ async fn a_signed_agent_is_admitted_by_an_enforcing_aggregator() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
 
-/// `node_joined` on every connect and reconnect (§10), with the Msg-Id
-/// `<nodeId>:node_joined:<5-minute timestamp>`: a rejoin in the same 5 minutes, within the
-/// stream's 2-minute duplicate window, carries the same id as the first join, and JetStream
-/// stores it once. That is what the contract implies, and it loses nothing: a join only makes
-/// a node known, which it already is. The agent must send it all the same.
+/// `node_joined` on every connect and reconnect (§10), with the Msg-Id `<nodeId>:node_joined:<n>`:
+/// a rejoin within the stream's 2-minute duplicate window has an id of its own, and is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_says_node_joined_again_after_a_nats_restart() {
     let mut served = Served::start().await;
@@ -818,13 +815,398 @@ async fn the_agent_says_node_joined_again_after_a_nats_restart() {
         .unwrap();
     let ids = [msg_id(&first), msg_id(&second)];
     assert!(ids[1].starts_with("node-rejoin:node_joined:"), "{ids:?}");
-    let distinct = if ids[0] == ids[1] { 1 } else { 2 };
+    assert_ne!(ids[0], ids[1]);
     let snap = wait_snapshot(&served.client, |d| d["totalNodes"] == 1).await;
     assert_eq!(snap["data"]["activeNodes"], 0, "a join is not a heartbeat");
     let js = jetstream::new(observer.clone());
     assert_eq!(
         stored(&js, "truebit.nodes.joined").await,
-        distinct,
-        "one stored per distinct Msg-Id: {ids:?}"
+        2,
+        "both stored: {ids:?}"
+    );
+}
+
+// ---- issue 17: hardening ----------------------------------------------------------------------
+
+/// Heartbeats, joins and leaves of `node_id` stored in TRUEBIT_EVENTS, by subject, and how many
+/// times each of their Msg-Ids is there.
+async fn status_stored(
+    js: &jetstream::Context,
+    node_id: &str,
+) -> (BTreeMap<String, u64>, HashMap<String, u64>) {
+    let (mut per_subject, mut ids) = (BTreeMap::new(), HashMap::new());
+    for (subject, id, body) in stream_messages(js).await {
+        if body["nodeId"] == node_id
+            && (subject.starts_with("truebit.nodes.") || subject == "truebit.heartbeat")
+        {
+            *per_subject.entry(subject).or_insert(0) += 1;
+            *ids.entry(id).or_insert(0) += 1;
+        }
+    }
+    (per_subject, ids)
+}
+
+/// Every heartbeat, join and leave is stored (contract §10: `<nodeId>:<type>:<n>`), though all
+/// of them fall within JetStream's 2-minute duplicate window; and one whose acknowledgement was
+/// lost before a crash, sent again at the next start, is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_heartbeat_join_and_leave_is_stored() {
+    let served = Served::start().await;
+    let (dir, eventdb) = dirs();
+    let state_dir = dir.path().join("state");
+    let node_id = "node-status";
+    let start = || {
+        let mut c = config(&served.server.url(), &state_dir, &eventdb, node_id);
+        c.heartbeat_interval = Duration::from_millis(300);
+        Agent::start(c)
+    };
+    let mut heartbeats = 0;
+    for run in 1..=3 {
+        let agent = start();
+        heartbeats += 2;
+        wait_stored(
+            &served.js,
+            &[
+                ("truebit.nodes.joined", 1),
+                ("truebit.heartbeat", heartbeats),
+            ],
+        )
+        .await;
+        agent.stop().await;
+        let (per_subject, _) = status_stored(&served.js, node_id).await;
+        assert_eq!(
+            per_subject.get("truebit.nodes.joined"),
+            Some(&run),
+            "every start's node_joined is stored: {per_subject:?}"
+        );
+        assert_eq!(
+            per_subject.get("truebit.nodes.left"),
+            Some(&run),
+            "every stop's node_left is stored: {per_subject:?}"
+        );
+        heartbeats = per_subject["truebit.heartbeat"];
+    }
+
+    // A heartbeat that entered the outbox and reached JetStream, whose ack the agent never saw
+    // (it crashed): it waits in the outbox and goes again at the next start.
+    let (msg_id, subject, payload) = {
+        let state = node::state::State::open(&state_dir).unwrap();
+        let event = truebit_streams::Event {
+            node_id: node_id.into(),
+            minute: truebit_streams::anonymize::floor_5min(chrono::Utc::now().timestamp()),
+            kind: truebit_streams::EventKind::HeartbeatReported(Default::default()),
+        };
+        let prefix = format!("{node_id}:{}", event.type_name());
+        state
+            .enqueue_numbered(&prefix, event.subject().to_string(), event.payload())
+            .unwrap();
+        let (_, out) = state.pending(1).unwrap().remove(0);
+        (out.msg_id, out.subject, out.payload)
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    served
+        .js
+        .publish_with_headers(subject, headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let agent = start();
+    wait_stored(&served.js, &[("truebit.heartbeat", heartbeats + 3)]).await;
+    agent.stop().await;
+    let (per_subject, ids) = status_stored(&served.js, node_id).await;
+    assert_eq!(ids.get(&msg_id), Some(&1), "re-sent, stored once: {ids:?}");
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert_eq!(per_subject["truebit.nodes.joined"], 4, "{per_subject:?}");
+    assert_eq!(per_subject["truebit.nodes.left"], 4, "{per_subject:?}");
+    assert!(
+        ids.keys()
+            .all(|id| id.starts_with(&format!("{node_id}:node_"))
+                || id.starts_with(&format!("{node_id}:heartbeat"))),
+        "{ids:?}"
+    );
+}
+
+/// A snapshot as the aggregator publishes it, stamped `minutes_ago` before this minute.
+fn snapshot_body(minutes_ago: i64, total_tasks: u64) -> Vec<u8> {
+    let minute = chrono::Utc::now().timestamp() / 60 - minutes_ago;
+    let at = chrono::DateTime::<chrono::Utc>::from_timestamp(minute * 60, 0).unwrap();
+    serde_json::to_vec(&json!({"version": "1.0", "type": "network_stats",
+        "timestamp": at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        "data": {"totalTasks": total_tasks}}))
+    .unwrap()
+}
+
+/// Publishes a snapshot on `truebit.stats.aggregated` with its `Truebit-Last-Seq`.
+async fn publish_snapshot(client: &async_nats::Client, last_seq: u64, body: Vec<u8>) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Truebit-Last-Seq", last_seq.to_string().as_str());
+    client
+        .publish_with_headers("truebit.stats.aggregated", headers, body.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
+/// A days-old snapshot in KV `latest` (its aggregator stopped long ago) is `stale` at once,
+/// though the agent has just read it; a fresh one on the subject is `connected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_days_old_kv_snapshot_read_at_start_is_stale() {
+    // An aggregator made the topology, then stopped days ago.
+    let mut served = Served::start().await;
+    served.stop().await.unwrap();
+    let (server, client) = (&served.server, served.client.clone());
+    let kv = served.js.get_key_value("truebit-stats").await.unwrap();
+    kv.put("latest", snapshot_body(3 * 24 * 60, 5).into())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut c = NodeConfig::new(&server.url(), dir.path().join("state"));
+    c.salt = Some(SALT.into());
+    c.http_addr = Some(addr);
+    let agent = Agent::start(c);
+    let shown = wait_network_stats(addr, |v| v["status"] != "awaiting_data").await;
+    assert_eq!(shown["totalTasks"], 5, "{shown}");
+    assert_eq!(shown["status"], "stale", "{shown}");
+    publish_snapshot(&client, 7, snapshot_body(0, 6)).await;
+    let shown = wait_network_stats(addr, |v| v["totalTasks"] == 6).await;
+    assert_eq!(shown["status"], "connected", "{shown}");
+    agent.stop().await;
+}
+
+/// Contract §9 Fencing, the subscriber's part: a snapshot whose `Truebit-Last-Seq` is lower
+/// than the newest one's, and not later, is a cut-off leader's sent late: ignored. A lower one
+/// that is later (a recreated events stream) is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_ignores_a_late_snapshot_of_a_cut_off_leader() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, log) = (free_addr(), dir.path().join("agent.log"));
+    let mut c = agent_command(&server.url(), &dir.path().join("state"), "node-fence", &log);
+    c.env("NODE_HTTP_ADDR", addr.to_string());
+    let mut agent = Reaped(c.spawn().unwrap());
+    // A core subscription keeps nothing for a subscriber not there yet: the newest snapshot is
+    // published again until the agent shows it.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        publish_snapshot(&client, 100, snapshot_body(0, 10)).await;
+        if network_stats(addr)
+            .await
+            .is_some_and(|v| v["totalTasks"] == 10)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent shows no snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The cut-off leader's snapshot, behind (seq 50) and no later (this minute).
+    publish_snapshot(&client, 50, snapshot_body(0, 5)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let shown = network_stats(addr).await.unwrap();
+        assert_eq!(
+            shown["totalTasks"], 10,
+            "the late snapshot is shown: {shown}"
+        );
+        if std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("ignored a snapshot behind the newest")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never said it ignored the late snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(network_stats(addr).await.unwrap()["totalTasks"], 10);
+    // A recreated stream: sequences start again, the minute is later.
+    publish_snapshot(&client, 3, snapshot_body(-1, 3)).await;
+    wait_network_stats(addr, |v| v["totalTasks"] == 3).await;
+    signal(&agent, SIGTERM);
+    assert_eq!(exited(&mut agent).await, Some(0));
+}
+
+/// Contract §10: a backlog several minutes long at the key's `rateLimit` goes out paced, so an
+/// enforcing aggregator refuses none of it: every event folded, no dead letter, and no minute of
+/// JetStream's stored time holding more than the limit of the node's messages, its join and
+/// leave included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_goes_out_within_the_rate_limit_and_enforce_refuses_none() {
+    const LIMIT: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let admin = keys(
+        "nats://127.0.0.1:1",
+        &["new-admin", "--out", &path("admin.seed")],
+    );
+    let admin_key = truebit_streams::PublicKey::parse(&admin).unwrap();
+    let served = Served::start_with(move |c| c.admin_key = Some(admin_key.clone())).await;
+    let url = served.server.url();
+    let node_key = keys(&url, &["new", "--out", &path("node.seed")]);
+    let admin_seed = ["--admin-seed", &path("admin.seed")];
+    keys(
+        &url,
+        &[
+            &["issue", "--name", "paced", "--node-id", "node-paced"][..],
+            &[
+                "--public-key",
+                &node_key,
+                "--rate-limit",
+                &LIMIT.to_string(),
+            ],
+            &admin_seed,
+        ]
+        .concat(),
+    );
+    keys(&url, &[&["mode", "enforce"][..], &admin_seed].concat());
+
+    // A runner with history: 3 executions and 2 invoices, 8 events, and the join: 9 messages,
+    // three minutes at 4 a minute.
+    let eventdb = dir.path().join("node-eventDB.json");
+    write_eventdb(&eventdb, 0..3);
+    let log = dir.path().join("agent.log");
+    let mut c = agent_command(&url, &dir.path().join("state"), "node-paced", &log);
+    c.env("EVENTDB", &eventdb)
+        .env("NODE_KEY_SEED", path("node.seed"))
+        .env("NODE_RATE_LIMIT", LIMIT.to_string())
+        .env("HEARTBEAT_INTERVAL", "3600");
+    let mut agent = Reaped(c.spawn().unwrap());
+    let dlq = served.js.get_stream("TRUEBIT_DLQ").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let refused = dlq.clone().info().await.unwrap().state.messages;
+        assert_eq!(refused, 0, "a message of the agent was refused");
+        let want = [
+            ("truebit.tasks.received", 3),
+            ("truebit.tasks.completed", 3),
+            ("truebit.invoices.created", 2),
+        ];
+        let mut all = true;
+        for (subject, n) in want {
+            all &= stored(&served.js, subject).await >= n;
+        }
+        if all {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog did not go out in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&agent, SIGTERM);
+    assert_eq!(exited(&mut agent).await, Some(0));
+    let mut stream = served.js.get_stream("TRUEBIT_EVENTS").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let snap = served.wait_folded(last).await;
+    assert_eq!(snap["data"]["totalTasks"], 3, "{snap}");
+    assert_eq!(snap["data"]["totalInvoices"], 2, "{snap}");
+    assert_eq!(
+        dlq.clone().info().await.unwrap().state.messages,
+        0,
+        "no dead letter"
+    );
+    // The node's messages by the minute JetStream stored them in.
+    let mut per_minute = BTreeMap::new();
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let body: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if body["nodeId"] == "node-paced" {
+            *per_minute.entry(m.time.timestamp() / 60).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        per_minute.values().sum::<u64>(),
+        10,
+        "9 and the leave: {per_minute:?}"
+    );
+    assert!(
+        per_minute.values().all(|n| *n <= LIMIT),
+        "more than {LIMIT} in a minute: {per_minute:?}"
+    );
+    assert!(per_minute.len() >= 3, "{per_minute:?}");
+}
+
+/// Contract §10 and issue 17: once the agent has read the EventDB and every log to their end,
+/// nothing it read waits `--grace` for a better source that a file would have held already:
+/// outcome records without a completion line and invoices without a log line go at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_files_held_at_start_waits_for_no_grace() {
+    let served = Served::start().await;
+    let (dir, eventdb) = dirs();
+    let logs = dir.path().join("debug");
+    std::fs::create_dir(&logs).unwrap();
+    // The log tells of other executions, the last of which is still running.
+    append_log(&logs.join("worker-runner-node.log"), 100..103, true);
+    // Executions 0..4 have an outcome record only; 0 and 2 an invoice with no log line.
+    write_eventdb(&eventdb, 0..4);
+    let mut c = config(
+        &served.server.url(),
+        &dir.path().join("state"),
+        &eventdb,
+        "node-nograce",
+    );
+    c.logs = Some(logs);
+    c.grace = Duration::from_secs(3600);
+    let agent = Agent::start(c);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let want = [
+        ("truebit.tasks.received", 7),
+        ("truebit.tasks.completed", 6),
+        ("truebit.invoices.created", 2),
+    ];
+    loop {
+        let mut got = Vec::new();
+        for (subject, n) in want {
+            got.push((subject, stored(&served.js, subject).await, n));
+        }
+        if got.iter().all(|(_, have, n)| have >= n) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still waiting for --grace (subject, have, want): {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.stop().await;
+    let per_subject = assert_each_once(&served.js).await;
+    assert_eq!(per_subject["truebit.tasks.completed"], 6, "{per_subject:?}");
+}
+
+/// Contract §10: an agent that can no longer read says why and exits non-zero, for its
+/// supervisor to restart it, instead of heartbeating while reading nothing. Here its EventDB
+/// never parses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_eventdb_never_parses_exits_saying_why() {
+    let served = Served::start().await;
+    let (dir, eventdb) = dirs();
+    std::fs::write(&eventdb, "this is not the runner's EventDB").unwrap();
+    let log = dir.path().join("agent.log");
+    let mut c = agent_command(
+        &served.server.url(),
+        &dir.path().join("state"),
+        "node-broken",
+        &log,
+    );
+    c.env("EVENTDB", &eventdb)
+        .env("NODE_POLL_INTERVAL", "20")
+        .env("HEARTBEAT_INTERVAL", "1");
+    let mut agent = Reaped(c.spawn().unwrap());
+    let code = exited(&mut agent).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("has not parsed for") && text.contains(&eventdb.display().to_string()),
+        "{text}"
     );
 }

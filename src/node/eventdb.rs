@@ -4,13 +4,28 @@
 //! read again at the next poll, and nothing of it is used until it does. A file replaced by
 //! another (a new inode) is simply read again.
 
-use super::runner::{parse_eventdb, Record};
+use super::runner::{stream_eventdb, Record};
+use crate::Error;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// After this many polls in a row that found the file unreadable, say so (once).
 const WARN_AFTER: u32 = 10;
+/// After this many, give up: the agent exits, saying why, for its supervisor to restart it (a
+/// runner rewrites its EventDB in well under a poll; a file that has not parsed for this long
+/// is not being written, it is broken or not an EventDB).
+pub const GIVE_UP_AFTER: u32 = 60;
+
+/// Why reading stopped before the end, as the reader's callback says.
+#[derive(Debug)]
+pub enum Halt {
+    /// The outbox is full: the file is read again (from its start, skipping what was taken)
+    /// once there is room.
+    Full,
+    /// The agent cannot go on.
+    Failed(Error),
+}
 
 pub struct EventDb {
     /// A file, or a folder whose `*-eventDB.json` files are read.
@@ -18,6 +33,8 @@ pub struct EventDb {
     /// What each file looked like when it last parsed.
     last: Vec<(PathBuf, u64, u64, Option<SystemTime>)>,
     failures: u32,
+    /// The last poll stopped before the end ([`Halt::Full`]).
+    halted: bool,
 }
 
 impl EventDb {
@@ -26,7 +43,14 @@ impl EventDb {
             path,
             last: Vec::new(),
             failures: 0,
+            halted: false,
         }
+    }
+
+    /// Whether every file parsed at the last poll (or there is none yet): what they hold has
+    /// been read to its end.
+    pub fn read_through(&self) -> bool {
+        self.failures == 0 && !self.halted
     }
 
     fn files(&self) -> Vec<PathBuf> {
@@ -42,9 +66,11 @@ impl EventDb {
         }
     }
 
-    /// Every record of the files, when they changed since they last parsed; `None` when nothing
-    /// changed, or a file does not parse yet (it is tried again next time).
-    pub fn poll(&mut self) -> Option<Vec<Record>> {
+    /// Gives `each` every record of the files, a record at a time, when they changed since they
+    /// last parsed. `Ok(true)` when they were read to their end; `Ok(false)` when nothing
+    /// changed, a file does not parse yet (read again next time) or `each` said [`Halt::Full`];
+    /// `Err` when `each` failed, or a file has not parsed for [`GIVE_UP_AFTER`] polls.
+    pub fn poll(&mut self, each: &mut dyn FnMut(Record) -> Result<(), Halt>) -> Result<bool, Halt> {
         let mut looks = Vec::new();
         for file in self.files() {
             let Ok(meta) = std::fs::metadata(&file) else {
@@ -53,35 +79,53 @@ impl EventDb {
             looks.push((file, meta.ino(), meta.len(), meta.modified().ok()));
         }
         if looks == self.last {
-            return None;
+            return Ok(false);
         }
-        let mut records = Vec::new();
         for (file, ..) in &looks {
-            match read(file) {
-                Ok(mut r) => records.append(&mut r),
-                Err(why) => {
-                    self.failures += 1;
-                    if self.failures == WARN_AFTER {
-                        tracing::warn!(file = %file.display(), %why, "the EventDB has not parsed for {WARN_AFTER} polls; still retrying, nothing of it is used until it does");
-                    } else {
-                        tracing::debug!(file = %file.display(), %why, "EventDB caught half-written; reading it again next poll");
-                    }
-                    return None;
+            let mut halted = None;
+            let read = read(file, &mut |r| {
+                each(r).map_err(|h| {
+                    halted = Some(h);
+                    "stopped by the reader".to_string()
+                })
+            });
+            match halted {
+                Some(Halt::Full) => {
+                    self.halted = true;
+                    return Ok(false);
                 }
+                Some(failed) => return Err(failed),
+                None => {}
+            }
+            if let Err(why) = read {
+                self.failures += 1;
+                if self.failures >= GIVE_UP_AFTER {
+                    return Err(Halt::Failed(Error::Usage(format!(
+                        "the EventDB {} has not parsed for {GIVE_UP_AFTER} polls in a row ({why}); it must be the runner's JSON object {{\"records\": [...]}}: check --eventdb / EVENTDB",
+                        file.display()
+                    ))));
+                }
+                if self.failures == WARN_AFTER {
+                    tracing::warn!(file = %file.display(), %why, "the EventDB has not parsed for {WARN_AFTER} polls; still retrying (the agent gives up after {GIVE_UP_AFTER})");
+                } else {
+                    tracing::debug!(file = %file.display(), %why, "EventDB caught half-written; reading it again next poll");
+                }
+                return Ok(false);
             }
         }
         if self.failures >= WARN_AFTER {
             tracing::info!("the EventDB parses again");
         }
         self.failures = 0;
+        self.halted = false;
         self.last = looks;
-        Some(records)
+        Ok(true)
     }
 }
 
-fn read(file: &Path) -> Result<Vec<Record>, String> {
-    let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
-    parse_eventdb(&bytes)
+fn read(file: &Path, each: &mut dyn FnMut(Record) -> Result<(), String>) -> Result<(), String> {
+    let f = std::fs::File::open(file).map_err(|e| e.to_string())?;
+    stream_eventdb(std::io::BufReader::with_capacity(1 << 16, f), each)
 }
 
 #[cfg(test)]
@@ -95,10 +139,22 @@ mod tests {
         let full = r#"{"records": [{"type": "computed_outcome", "executionId": "e1"}]}"#;
         std::fs::write(&path, &full[..30]).unwrap();
         let mut db = EventDb::new(dir.path().to_path_buf());
-        assert_eq!(db.poll(), None, "half-written: nothing used");
+        let poll = |db: &mut EventDb| {
+            let mut got = Vec::new();
+            let through = db
+                .poll(&mut |r| {
+                    got.push(r);
+                    Ok(())
+                })
+                .unwrap();
+            through.then_some(got)
+        };
+        assert_eq!(poll(&mut db), None, "half-written: not read through");
+        assert!(!db.read_through());
         std::fs::write(&path, full).unwrap();
-        assert_eq!(db.poll().unwrap().len(), 1);
-        assert_eq!(db.poll(), None, "unchanged");
+        assert_eq!(poll(&mut db).unwrap().len(), 1);
+        assert!(db.read_through());
+        assert_eq!(poll(&mut db), None, "unchanged");
         let tmp = dir.path().join("tmp");
         std::fs::write(
             &tmp,
@@ -107,6 +163,26 @@ mod tests {
         )
         .unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert_eq!(db.poll().unwrap().len(), 2, "replaced: read again");
+        assert_eq!(poll(&mut db).unwrap().len(), 2, "replaced: read again");
+    }
+
+    #[test]
+    fn a_file_that_never_parses_is_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node-eventDB.json");
+        let mut db = EventDb::new(path.clone());
+        for i in 0..GIVE_UP_AFTER {
+            // A new size each time: the runner seems to be rewriting it.
+            std::fs::write(&path, "x".repeat(i as usize + 1)).unwrap();
+            let polled = db.poll(&mut |_| Ok(()));
+            if i + 1 < GIVE_UP_AFTER {
+                assert!(matches!(polled, Ok(false)), "{polled:?}");
+            } else {
+                let Err(Halt::Failed(e)) = polled else {
+                    panic!("{polled:?}")
+                };
+                assert!(e.to_string().contains("has not parsed for"), "{e}");
+            }
+        }
     }
 }

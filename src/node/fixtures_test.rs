@@ -35,17 +35,27 @@ fn derive(salt: &Salt) -> Vec<Event> {
     let mut logs = Logs::new(dir.path().into(), BTreeMap::new(), HashSet::new());
     let mut batch = Batch::default();
     let now = 1_900_000_000;
-    logs.read_gz_once(&mut tracker, now, &mut batch);
-    logs.poll(&mut tracker, now, &mut batch);
-    logs.poll(&mut tracker, now, &mut batch);
+    logs.read_gz_once(
+        &mut tracker,
+        now,
+        &mut batch,
+        usize::MAX,
+        &mut |_, _| Ok(()),
+    )
+    .unwrap();
+    logs.poll(&mut tracker, now, &mut batch).unwrap();
+    logs.poll(&mut tracker, now, &mut batch).unwrap();
     let mut seen = HashSet::new();
-    for r in EventDb::new(dir.path().into()).poll().unwrap() {
-        if seen.insert(r.key()) {
-            tracker.record(&r, now);
-        }
-    }
+    EventDb::new(dir.path().into())
+        .poll(&mut |r| {
+            if seen.insert(r.key()) {
+                tracker.record(&r, now);
+            }
+            Ok(())
+        })
+        .unwrap();
     let mut events: Vec<Event> = tracker
-        .ready(now, 60, "node-a", salt)
+        .ready(now, 60, None, "node-a", salt)
         .into_iter()
         .map(|r| r.event)
         .collect();
@@ -56,12 +66,14 @@ fn derive(salt: &Salt) -> Vec<Event> {
     );
     events.extend(
         tracker
-            .ready(now + 60, 60, "node-a", salt)
+            .ready(now + 60, 60, None, "node-a", salt)
             .into_iter()
             .map(|r| r.event),
     );
     assert!(
-        tracker.ready(now + 600, 60, "node-a", salt).is_empty(),
+        tracker
+            .ready(now + 600, 60, None, "node-a", salt)
+            .is_empty(),
         "each event once"
     );
     events

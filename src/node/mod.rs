@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
+use tracker::Tracker;
 use truebit_streams::anonymize::{self, Salt};
 use truebit_streams::names::{CONFIG_BUCKET, SALT_KEY};
 use truebit_streams::{Event, EventKind, Heartbeat};
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     pub grace: Duration,
     /// Most events the outbox holds; when full, the runner's files are not read until it drains.
     pub outbox_max: u64,
+    /// The key's `rateLimit` (contract §7): most messages sent in any minute.
+    pub rate_limit: u32,
 }
 
 impl NodeConfig {
@@ -73,6 +76,7 @@ impl NodeConfig {
             poll_interval: Duration::from_secs(1),
             grace: Duration::from_secs(60),
             outbox_max: 100_000,
+            rate_limit: 60,
         }
     }
 }
@@ -94,12 +98,18 @@ fn outgoing(event: &Event) -> Outgoing {
     }
 }
 
-fn status_event(node_id: &str, kind: EventKind) -> Outgoing {
-    outgoing(&Event {
+/// Puts a heartbeat, join or leave in the outbox, numbered (see [`State::enqueue_numbered`]).
+fn enqueue_status(state: &State, node_id: &str, kind: EventKind) -> Result<String, Error> {
+    let event = Event {
         node_id: node_id.to_string(),
         minute: anonymize::floor_5min(now()),
         kind,
-    })
+    };
+    state.enqueue_numbered(
+        &format!("{node_id}:{}", event.type_name()),
+        event.subject().to_string(),
+        event.payload(),
+    )
 }
 
 /// Runs the agent until `shutdown` completes; then says `node_left` and stops.
@@ -142,6 +152,13 @@ pub async fn node(
         .await?;
     let js = async_nats::jetstream::new(client.clone());
     let wake = Arc::new(Notify::new());
+    let pacer = Arc::new(std::sync::Mutex::new(publisher::Pacer::resume(
+        config.rate_limit,
+        publisher::WINDOW,
+        &state.recent_acks()?,
+        Instant::now(),
+        chrono::Utc::now().timestamp_millis(),
+    )));
 
     let view: network::View = Arc::new(std::sync::Mutex::new(state.snapshot()?));
     let mut tasks = Vec::new();
@@ -165,6 +182,7 @@ pub async fn node(
             state: state.clone(),
             key: key.clone(),
             wake: wake.clone(),
+            pacer: pacer.clone(),
         }
         .run(),
     );
@@ -194,35 +212,69 @@ pub async fn node(
         })
     };
 
-    tasks.push(tokio::spawn(say_alive(
+    let mut alive = tokio::spawn(say_alive(
         state.clone(),
         node_id.clone(),
         counts.clone(),
         wake.clone(),
         joined_rx,
         config.heartbeat_interval,
-    )));
+    ));
+    let mut reader = tokio::spawn(truebit_projections::task::joined(reader));
 
-    shutdown.await;
-    tracing::info!("stopping: saying node_left");
-    stop.store(true, Ordering::SeqCst);
-    let read_result = truebit_projections::task::joined(reader).await;
+    // Until asked to stop, or until the reader or the heartbeat cannot go on: an agent that
+    // heartbeats while reading nothing would look healthy to the network and to its supervisor.
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        r = &mut reader => Some(match r {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => Error::Usage("the reader of the runner's files stopped".into()),
+            Err(e) => Error::Usage(format!("the reader of the runner's files failed: {e}")),
+        }),
+        r = &mut alive => Some(match r {
+            Ok(e) => e,
+            Err(e) => Error::Usage(format!("the heartbeat failed: {e}")),
+        }),
+    };
+    let read_result = match failed {
+        None => {
+            tracing::info!("stopping: saying node_left");
+            stop.store(true, Ordering::SeqCst);
+            reader.await.unwrap_or_else(|e| {
+                Err(Error::Usage(format!(
+                    "the reader of the runner's files failed: {e}"
+                )))
+            })
+        }
+        Some(e) => {
+            tracing::error!(error = %e, "the agent cannot go on: stopping, so that its supervisor restarts it");
+            stop.store(true, Ordering::SeqCst);
+            Err(e)
+        }
+    };
+    alive.abort();
     for t in &tasks {
         t.abort();
     }
     publisher.abort();
     let _ = publisher.await;
-    state.enqueue(vec![status_event(
+    if let Err(e) = enqueue_status(
+        &state,
         &node_id,
         EventKind::NodeLeft {
             status: Some("offline".into()),
         },
-    )])?;
+    ) {
+        tracing::error!(error = %e, "cannot put node_left in the outbox");
+        // The first failure is the one to report.
+        return Err(read_result.err().unwrap_or(e));
+    }
     let last = publisher::Publisher {
         js,
         state: state.clone(),
         key,
         wake,
+        pacer,
     };
     match tokio::time::timeout(Duration::from_secs(5), last.drain()).await {
         Ok(Ok(_)) => tracing::info!("the outbox is empty; stopped"),
@@ -257,6 +309,7 @@ async fn fetch_salt(js: async_nats::jetstream::Context, salt: Arc<OnceLock<Salt>
 }
 
 /// `node_joined` on every connect and reconnect; a heartbeat every interval, buckets only.
+/// Returns only when one cannot be put in the outbox.
 async fn say_alive(
     state: Arc<State>,
     node_id: String,
@@ -264,13 +317,14 @@ async fn say_alive(
     wake: Arc<Notify>,
     mut connected: broadcast::Receiver<()>,
     every: Duration,
-) {
+) -> Error {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         let event = tokio::select! {
             r = connected.recv() => {
                 if matches!(r, Err(broadcast::error::RecvError::Closed)) {
-                    return;
+                    // The client is gone; the agent is stopping.
+                    std::future::pending::<()>().await;
                 }
                 EventKind::NodeJoined { status: Some("online".into()) }
             }
@@ -282,25 +336,124 @@ async fn say_alive(
                 location: None,
             }),
         };
-        if let Err(e) = state.enqueue(vec![status_event(&node_id, event)]) {
-            tracing::error!(error = %e, "cannot put an event in the outbox");
+        if let Err(e) = enqueue_status(&state, &node_id, event) {
+            return e;
         }
         wake.notify_one();
     }
 }
 
-/// Reads the runner's files every poll, until `stop`: each cycle's reading and the events it
-/// made are committed together.
+/// In hand past this many executions and invoices, the reader commits what it read so far and
+/// lets it go: what bounds the agent's memory, whatever the runner's history.
+const HOLD: usize = 4096;
+/// EventDB records whose keys are looked up in the state at once.
+const KEYS_AT_ONCE: usize = 1024;
+
+/// What the reader's steps share.
+struct Reading<'a> {
+    state: &'a State,
+    salt: &'a Salt,
+    node_id: &'a str,
+    grace: i64,
+    outbox_max: u64,
+    wake: &'a Notify,
+    counts: &'a (AtomicU64, AtomicU64),
+    /// When every file was first read to its end: what was read by then waits for no grace.
+    read_through: Option<i64>,
+}
+
+impl Reading<'_> {
+    /// Commits what is in hand, what was read and the events ready at `at`, then lets it go.
+    fn commit(&self, tracker: &mut Tracker, batch: &mut Batch, at: i64) -> Result<usize, Error> {
+        let events: Vec<Outgoing> = tracker
+            .ready(at, self.grace, self.read_through, self.node_id, self.salt)
+            .iter()
+            .map(|r| outgoing(&r.event))
+            .collect();
+        // A record that could not be recalled was taken for a new one: nothing of this step may
+        // be kept.
+        if let Some(why) = tracker.take_failure() {
+            return Err(Error::Usage(format!(
+                "the agent's state cannot be read: {why}"
+            )));
+        }
+        let made = events.len();
+        batch.events.extend(events);
+        if tracker.has_changes() || !batch.is_empty() {
+            self.state.commit(Some(tracker), std::mem::take(batch))?;
+        }
+        tracker.release();
+        let (total, active) = self.state.counts()?;
+        self.counts.0.store(total, Ordering::Relaxed);
+        self.counts.1.store(active, Ordering::Relaxed);
+        if made > 0 {
+            tracing::info!(events = made, "read the runner's files");
+            self.wake.notify_one();
+        }
+        Ok(made)
+    }
+
+    /// Brings in hand what waited for its grace period until now (or was read before the
+    /// files were first read through), and commits the events it makes, [`HOLD`] at a time.
+    fn sweep(&self, tracker: &mut Tracker, batch: &mut Batch, at: i64) -> Result<(), Error> {
+        let until = (at - self.grace).max(self.read_through.unwrap_or(i64::MIN));
+        loop {
+            let due = self.state.waiting(until, HOLD)?;
+            let more = due.len() >= HOLD;
+            for key in due {
+                match key {
+                    tracker::Key::Execution(id) => tracker.hold_execution(&id),
+                    tracker::Key::Invoice(id) => tracker.hold_invoice(&id),
+                }
+            }
+            let made = self.commit(tracker, batch, at)?;
+            if !more || made == 0 || self.full()? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn full(&self) -> Result<bool, Error> {
+        Ok(self.state.outbox_len()? >= self.outbox_max)
+    }
+
+    /// Takes a chunk of EventDB records: those whose keys were not read before.
+    fn records(
+        &self,
+        tracker: &mut Tracker,
+        batch: &mut Batch,
+        chunk: &mut Vec<runner::Record>,
+        at: i64,
+    ) -> Result<(), Error> {
+        let keys: Vec<String> = chunk.iter().map(|r| r.key()).collect();
+        let unseen = self.state.unseen(&keys)?;
+        for ((record, key), new) in chunk.drain(..).zip(keys).zip(unseen) {
+            if new {
+                tracker.record(&record, at);
+                batch.seen.push(key);
+            }
+        }
+        if tracker.in_hand() >= HOLD {
+            self.commit(tracker, batch, at)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the runner's files every poll, until `stop`: what was read and the events it made are
+/// committed together, at least once a cycle and whenever [`HOLD`] are in hand. Returns `Err`
+/// when it cannot go on (the state cannot be read or written, a source failed past its
+/// retries): the agent then stops, saying why.
 fn read_loop(
     config: &NodeConfig,
-    state: &State,
+    state: &Arc<State>,
     salt: &OnceLock<Salt>,
     counts: &(AtomicU64, AtomicU64),
     stop: &AtomicBool,
     wake: &Notify,
     node_id: &str,
 ) -> Result<(), Error> {
-    let (mut tracker, mut seen) = state.load()?;
+    let mut tracker = state.tracker()?;
     let (positions, gz_read) = state.logs()?;
     let mut logs = config
         .logs
@@ -309,21 +462,31 @@ fn read_loop(
     let mut eventdb = config.eventdb.clone().map(eventdb::EventDb::new);
     let mut first = true;
     let mut full = false;
-    let grace = config.grace.as_secs() as i64;
-    let (total, active) = tracker.counts();
+    let (total, active) = state.counts()?;
     counts.0.store(total, Ordering::Relaxed);
     counts.1.store(active, Ordering::Relaxed);
+    let pause = |stop: &AtomicBool| {
+        let until = Instant::now() + config.poll_interval;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50).min(config.poll_interval));
+        }
+    };
+    let mut reading: Option<Reading> = None;
     while !stop.load(Ordering::SeqCst) {
-        let pause = |stop: &AtomicBool| {
-            let until = Instant::now() + config.poll_interval;
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50).min(config.poll_interval));
-            }
-        };
         let Some(salt) = salt.get() else {
             pause(stop);
             continue;
         };
+        let r = reading.get_or_insert_with(|| Reading {
+            state,
+            salt,
+            node_id,
+            grace: config.grace.as_secs() as i64,
+            outbox_max: config.outbox_max,
+            wake,
+            counts,
+            read_through: None,
+        });
         let waiting = state.outbox_len()?;
         if waiting >= config.outbox_max {
             if !full {
@@ -344,40 +507,48 @@ fn read_loop(
         let mut batch = Batch::default();
         if let Some(logs) = &mut logs {
             if first {
-                logs.read_gz_once(&mut tracker, at, &mut batch);
+                logs.read_gz_once(&mut tracker, at, &mut batch, HOLD, &mut |t, b| {
+                    r.commit(t, b, at).map(|_| ())
+                })?;
             }
-            logs.poll(&mut tracker, at, &mut batch);
-        }
-        first = false;
-        if let Some(records) = eventdb.as_mut().and_then(|e| e.poll()) {
-            for record in records {
-                let key = record.key();
-                if seen.insert(key.clone()) {
-                    tracker.record(&record, at);
-                    batch.seen.push(key);
+            // A step of each log at a time, each committed, until they are read through.
+            while logs.poll(&mut tracker, at, &mut batch)? {
+                r.commit(&mut tracker, &mut batch, at)?;
+                if stop.load(Ordering::SeqCst) || r.full()? {
+                    break;
                 }
             }
         }
-        batch.events = tracker
-            .ready(at, grace, node_id, salt)
-            .iter()
-            .map(|r| outgoing(&r.event))
-            .collect();
-        let made = batch.events.len();
-        if tracker.has_changes()
-            || !batch.seen.is_empty()
-            || !batch.logs.is_empty()
-            || !batch.gz_read.is_empty()
+        first = false;
+        if let Some(db) = &mut eventdb {
+            let mut chunk = Vec::with_capacity(KEYS_AT_ONCE);
+            let polled = db.poll(&mut |record| {
+                chunk.push(record);
+                if chunk.len() >= KEYS_AT_ONCE {
+                    r.records(&mut tracker, &mut batch, &mut chunk, at)
+                        .map_err(eventdb::Halt::Failed)?;
+                    if r.full().map_err(eventdb::Halt::Failed)? {
+                        return Err(eventdb::Halt::Full);
+                    }
+                }
+                Ok(())
+            });
+            // A full outbox stopped it: the rest is read once there is room.
+            if let Err(eventdb::Halt::Failed(e)) = polled {
+                return Err(e);
+            }
+            // The records before a cut or a stop are whole: taken like the others.
+            r.records(&mut tracker, &mut batch, &mut chunk, at)?;
+        }
+        if r.read_through.is_none()
+            && eventdb.as_ref().is_none_or(|e| e.read_through())
+            && logs.as_ref().is_none_or(|l| l.read_through())
         {
-            state.commit(Some(&mut tracker), batch)?;
-            let (total, active) = tracker.counts();
-            counts.0.store(total, Ordering::Relaxed);
-            counts.1.store(active, Ordering::Relaxed);
+            tracing::info!("read the runner's files to their end: what they held goes out now, without waiting --grace for a better source");
+            r.read_through = Some(at);
         }
-        if made > 0 {
-            tracing::info!(events = made, "read the runner's files");
-            wake.notify_one();
-        }
+        r.commit(&mut tracker, &mut batch, at)?;
+        r.sweep(&mut tracker, &mut batch, at)?;
         pause(stop);
     }
     Ok(())

@@ -47,15 +47,72 @@ impl Record {
     }
 }
 
-/// Reads a whole EventDB file. `Err` when it is not (yet) the JSON object `{"records": [...]}`:
-/// a file caught half-written, to be read again, never half-used.
+/// Reads a whole EventDB file. `Err` when it is not (yet) the JSON object `{"records": [...]}`.
 pub fn parse_eventdb(bytes: &[u8]) -> Result<Vec<Record>, String> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let records = doc
-        .get("records")
-        .and_then(Value::as_array)
-        .ok_or("no \"records\" array")?;
-    Ok(records.iter().filter_map(record).collect())
+    let mut out = Vec::new();
+    stream_eventdb(bytes, &mut |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Reads an EventDB a record at a time, giving `each` every record of a kind the agent reads:
+/// the file, which holds the runner's whole history, is never held whole. `Err` when it is not
+/// (yet) the JSON object `{"records": [...]}` (a file caught half-written: the records before
+/// the cut were given, each complete, and the file is read again), or when `each` said stop.
+pub fn stream_eventdb(
+    reader: impl std::io::Read,
+    each: &mut dyn FnMut(Record) -> Result<(), String>,
+) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Doc<'a>(&'a mut dyn FnMut(Record) -> Result<(), String>);
+    struct Records<'a>(&'a mut dyn FnMut(Record) -> Result<(), String>);
+    impl<'de> Visitor<'de> for Doc<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object with a \"records\" array")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut found = false;
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "records" && !found {
+                    map.next_value_seed(Records(&mut *self.0))?;
+                    found = true;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            if found {
+                Ok(())
+            } else {
+                Err(A::Error::custom("no \"records\" array"))
+            }
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Records<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Records<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a \"records\" array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(v) = seq.next_element::<Value>()? {
+                if let Some(r) = record(&v) {
+                    (self.0)(r).map_err(A::Error::custom)?;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    serde::Deserializer::deserialize_map(&mut de, Doc(each)).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())
 }
 
 /// One record, by where its `type` sits; `None` for any other kind.
@@ -266,10 +323,18 @@ pub fn header(line: &str) -> Option<(i64, &str)> {
     Some((at, message))
 }
 
+/// Most bytes of one joined entry. A runner's entry is a line or a few (a stack trace, a
+/// pretty-printed object); past this, its further lines are cut, with a warning, so that a log
+/// without headers (or a binary file named `*.log`) cannot grow one entry without end. Every
+/// line the agent reads an event from is a header line or near it.
+pub const ENTRY_MAX: usize = 1 << 20;
+
 /// Groups cleaned lines into entries; lines before the first header are dropped.
 #[derive(Debug, Default)]
 pub struct Entries {
     current: Option<Entry>,
+    /// The entry in hand was cut at [`ENTRY_MAX`].
+    cut: bool,
 }
 
 impl Entries {
@@ -277,14 +342,23 @@ impl Entries {
     pub fn push(&mut self, raw: &str) -> Option<Entry> {
         let line = clean_line(raw);
         match header(&line) {
-            Some((at, message)) => self.current.replace(Entry {
-                at,
-                text: message.to_string(),
-            }),
+            Some((at, message)) => {
+                self.cut = false;
+                let mut text = message.to_string();
+                text.truncate(floor_char_boundary(&text, ENTRY_MAX));
+                self.current.replace(Entry { at, text })
+            }
             None => {
                 if let Some(e) = &mut self.current {
-                    e.text.push('\n');
-                    e.text.push_str(&line);
+                    if e.text.len() + 1 + line.len() > ENTRY_MAX {
+                        if !self.cut {
+                            tracing::warn!(at = e.at, max_bytes = ENTRY_MAX, "a log entry longer than the agent keeps: its further lines are cut");
+                            self.cut = true;
+                        }
+                    } else {
+                        e.text.push('\n');
+                        e.text.push_str(&line);
+                    }
                 }
                 None
             }
@@ -299,6 +373,16 @@ impl Entries {
     pub fn pending(&self) -> bool {
         self.current.is_some()
     }
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 /// What an entry says, by the README's line kinds (first match wins).
@@ -460,6 +544,23 @@ mod tests {
         );
         assert_eq!(classify(&closed[1]), LineKind::Completed("0a-1".into()));
         assert_eq!(closed[1].at - closed[0].at, 1);
+    }
+
+    #[test]
+    fn a_joined_entry_is_cut_at_its_bound_and_the_next_one_is_whole() {
+        let mut e = Entries::default();
+        e.push("2026-12-03 11:32:48 debug: @truebit/worker-runner-node:2.4.1 a dump:");
+        let line = "x".repeat(1000);
+        for _ in 0..3 * ENTRY_MAX / 1000 {
+            assert!(e.push(&line).is_none());
+        }
+        let cut = e
+            .push("2026-12-03 11:32:49 info: @truebit/worker-runner-node:2.4.1 Execution 0a-1 completed")
+            .unwrap();
+        assert!(cut.text.len() <= ENTRY_MAX, "{}", cut.text.len());
+        assert!(cut.text.len() > ENTRY_MAX - 1002);
+        let next = e.finish().unwrap();
+        assert_eq!(classify(&next), LineKind::Completed("0a-1".into()));
     }
 
     #[test]

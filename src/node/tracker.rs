@@ -2,6 +2,10 @@
 //! and log entries in, with the time they were read; events out, each exactly once. The state is
 //! kept by [`super::state`] across restarts, record by record.
 //!
+//! Its memory does not grow with the runner's history: it holds only the executions and invoices
+//! touched since the state last committed them (and those whose grace period ended), and asks a
+//! [`Recall`] (the state database) for one it does not hold when a record or a line names it.
+//!
 //! An event goes out as soon as the agent knows enough to say it right, and at the latest after
 //! a grace period since it was first read, with what is known by then:
 //!
@@ -13,6 +17,11 @@
 //!   `completed`, no `success`, the gas bucket from the invoice's steps if known.
 //! - `invoice_created` at its log line's time, or after the grace period at the time it was first
 //!   read (the EventDB gives an invoice no time of its own).
+//!
+//! The grace period is for what the runner is writing now: it writes the EventDB and its log
+//! about the same moment, in either order. What the agent read before it first reached the end of
+//! every file (its history at start-up, or after an outage) waits for nothing: the better source
+//! would have been in a file already read.
 
 use super::runner::{InvoiceRecord, LineKind, Metering, Record, TaskCreated};
 use serde::{Deserialize, Serialize};
@@ -45,6 +54,29 @@ impl Execution {
     fn completed(&self) -> bool {
         self.completed_at.is_some() || self.outcome_read_at.is_some()
     }
+
+    /// Counted in the heartbeat's `totalTasksBucket`: seen received or completed.
+    pub fn counted(&self) -> bool {
+        self.created || self.completed()
+    }
+
+    /// Counted in `activeTasksBucket`: received and not completed.
+    pub fn active(&self) -> bool {
+        self.created && !self.completed()
+    }
+
+    /// When the grace period it waits for began: the receipt of a task with no time of its own
+    /// yet, or an outcome record without a completion line. `None` when it waits for no time.
+    pub fn waits_since(&self) -> Option<i64> {
+        let receipt = (self.created && !self.sent_received).then_some(self.first_read_at);
+        let completion = (!self.sent_completed && self.completed_at.is_none())
+            .then_some(self.outcome_read_at)
+            .flatten();
+        match (receipt, completion) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// What the agent knows of one invoice, keyed by `invoiceId`.
@@ -59,6 +91,31 @@ pub struct InvoiceState {
     pub sent: bool,
 }
 
+impl InvoiceState {
+    /// When the grace period it waits for (its log line) began; `None` when it waits for none.
+    pub fn waits_since(&self) -> Option<i64> {
+        (!self.sent && self.log_at.is_none()).then_some(self.first_read_at)
+    }
+}
+
+/// Where the tracker finds an execution or invoice it does not hold: the state database.
+pub trait Recall: Send {
+    fn execution(&self, id: &str) -> Result<Option<Execution>, String>;
+    fn invoice(&self, id: &str) -> Result<Option<InvoiceState>, String>;
+}
+
+/// Nothing to recall: a tracker that holds all it knows.
+struct Nothing;
+
+impl Recall for Nothing {
+    fn execution(&self, _: &str) -> Result<Option<Execution>, String> {
+        Ok(None)
+    }
+    fn invoice(&self, _: &str) -> Result<Option<InvoiceState>, String> {
+        Ok(None)
+    }
+}
+
 /// A changed record, for the state to write.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
@@ -66,8 +123,7 @@ pub enum Key {
     Invoice(String),
 }
 
-/// Every execution and invoice seen, and the order of the tasks the live log has running.
-#[derive(Debug, Default)]
+/// The executions and invoices in hand, and the order of the tasks the live log has running.
 pub struct Tracker {
     pub executions: BTreeMap<String, Execution>,
     pub invoices: BTreeMap<String, InvoiceState>,
@@ -75,7 +131,20 @@ pub struct Tracker {
     /// stdout entry carries no id and belongs to the last of them.
     pub running: Vec<String>,
     dirty: BTreeSet<Key>,
+    recall: Box<dyn Recall>,
+    /// The first failure to recall, for the reader to stop on.
+    failure: Option<String>,
 }
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker::new(Box::new(Nothing))
+    }
+}
+
+/// Entries of `running` past this many are the oldest, whose completion line was lost: dropped,
+/// so that a log of tasks that never complete cannot grow it without end.
+const RUNNING_MAX: usize = 1024;
 
 /// An event ready to go, and the raw time that orders it among the others of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +154,70 @@ pub struct Ready {
 }
 
 impl Tracker {
+    pub fn new(recall: Box<dyn Recall>) -> Self {
+        Tracker {
+            executions: BTreeMap::new(),
+            invoices: BTreeMap::new(),
+            running: Vec::new(),
+            dirty: BTreeSet::new(),
+            recall,
+            failure: None,
+        }
+    }
+
+    /// Why an execution or invoice could not be recalled, once.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
+    /// Brings an execution into hand from the recall, if it is known there.
+    pub fn hold_execution(&mut self, id: &str) {
+        if self.executions.contains_key(id) {
+            return;
+        }
+        match self.recall.execution(id) {
+            Ok(Some(e)) => {
+                self.executions.insert(id.to_string(), e);
+            }
+            Ok(None) => {}
+            Err(why) => {
+                self.failure.get_or_insert(why);
+            }
+        }
+    }
+
+    /// Brings an invoice (and its execution) into hand from the recall, if known there.
+    pub fn hold_invoice(&mut self, id: &str) {
+        if !self.invoices.contains_key(id) {
+            match self.recall.invoice(id) {
+                Ok(Some(i)) => {
+                    self.invoices.insert(id.to_string(), i);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    self.failure.get_or_insert(why);
+                }
+            }
+        }
+        if let Some(exec) = self.invoices.get(id).and_then(|i| i.execution_id.clone()) {
+            self.hold_execution(&exec);
+        }
+    }
+
+    /// Lets go of everything in hand, once the state has committed it; keeps `running`.
+    pub fn release(&mut self) {
+        debug_assert!(self.dirty.is_empty(), "released before the commit");
+        self.executions.clear();
+        self.invoices.clear();
+    }
+
+    /// How many executions and invoices are in hand.
+    pub fn in_hand(&self) -> usize {
+        self.executions.len() + self.invoices.len()
+    }
+
     fn execution(&mut self, id: &str, now: i64) -> &mut Execution {
+        self.hold_execution(id);
         self.dirty.insert(Key::Execution(id.to_string()));
         self.executions
             .entry(id.to_string())
@@ -144,6 +276,7 @@ impl Tracker {
                 e.invoice_steps = inv.steps;
             }
         }
+        self.hold_invoice(&inv.invoice_id);
         self.dirty.insert(Key::Invoice(inv.invoice_id.clone()));
         let state = self
             .invoices
@@ -180,6 +313,9 @@ impl Tracker {
                 self.task_created(t, Some(at), now);
                 running.retain(|id| id != &t.execution_id);
                 running.push(t.execution_id.clone());
+                if running.len() > RUNNING_MAX {
+                    running.remove(0);
+                }
             }
             LineKind::Stdout(m) => {
                 if let Some(id) = running.last().cloned() {
@@ -200,25 +336,20 @@ impl Tracker {
         self.running = own;
     }
 
-    /// Heartbeat figures: executions seen, and those received and not completed.
-    pub fn counts(&self) -> (u64, u64) {
-        let seen = self
-            .executions
-            .values()
-            .filter(|e| e.created || e.completed());
-        let (mut total, mut active) = (0, 0);
-        for e in seen {
-            total += 1;
-            if e.created && !e.completed() {
-                active += 1;
-            }
-        }
-        (total, active)
-    }
-
     /// The events that are ready at `now`, each marked sent so that it never goes again;
     /// ordered by their raw time, a task's receipt before its completion.
-    pub fn ready(&mut self, now: i64, grace: i64, node_id: &str, salt: &Salt) -> Vec<Ready> {
+    ///
+    /// `read_through`: when the agent had first read every file to its end (`None` until then).
+    /// What was read by then waits for no `grace`: its better source (a log line, an invoice's
+    /// time) would have been in a file already read, so none is coming.
+    pub fn ready(
+        &mut self,
+        now: i64,
+        grace: i64,
+        read_through: Option<i64>,
+        node_id: &str,
+        salt: &Salt,
+    ) -> Vec<Ready> {
         let mut out = Vec::new();
         let event = |at: i64, kind: EventKind| Ready {
             at,
@@ -229,13 +360,18 @@ impl Tracker {
             },
         };
         for (id, e) in self.executions.iter_mut() {
-            let due = |read_at: i64| now - read_at >= grace;
+            let due =
+                |read_at: i64| now - read_at >= grace || read_through.is_some_and(|t| read_at <= t);
             let completion = !e.sent_completed
                 && (e.completed_at.is_some() || e.outcome_read_at.is_some_and(due));
             let receipt_known = e.received_at.or(e.log_received_at);
             let receipt = e.created
                 && !e.sent_received
                 && (receipt_known.is_some() || completion || due(e.first_read_at));
+            if !receipt && !completion {
+                continue;
+            }
+            // Hashed only for an event that goes: not every execution in hand every poll.
             let task = salt.task(id);
             let received_at = receipt_known
                 .or(e.invoice_task_created_at)
@@ -270,7 +406,9 @@ impl Tracker {
             }
         }
         for (id, inv) in self.invoices.iter_mut() {
-            if inv.sent || !(inv.log_at.is_some() || now - inv.first_read_at >= grace) {
+            let due = now - inv.first_read_at >= grace
+                || read_through.is_some_and(|t| inv.first_read_at <= t);
+            if inv.sent || !(inv.log_at.is_some() || due) {
                 continue;
             }
             inv.sent = true;
