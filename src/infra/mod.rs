@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod files;
+pub mod follow;
 pub mod nats;
 pub mod seed;
 pub mod shutdown;

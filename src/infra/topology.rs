@@ -7,7 +7,7 @@
 //! `create_key_value` first parses the account info, which the `nats-server` 2.9 that Debian ships
 //! answers in a shape it rejects.
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType, Stream};
 use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
@@ -437,13 +437,7 @@ pub fn consumer_config(name: &str, start: u64, ack: AckMode) -> pull::Config {
     pull::Config {
         durable_name: Some(name.to_string()),
         description: Some("the live fold of the TrueBit federation aggregator".into()),
-        deliver_policy: if start <= 1 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            }
-        },
+        deliver_policy: super::follow::deliver_from(start),
         ack_policy: ack.policy(),
         ack_wait: Duration::from_secs(30),
         max_deliver: -1,

@@ -12,17 +12,17 @@ use super::leader::Leader;
 use super::metrics::Metrics;
 use super::metrics::ReasonLabel;
 use crate::infra::backoff::Backoff;
+use crate::infra::follow::Following;
 use crate::infra::shutdown::Shutdown;
 use crate::Error;
 use async_nats::jetstream;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
 use truebit_projections::task::blocking;
 use truebit_projections::Projections;
 use truebit_streams::names::{DLQ_STREAM, HEADER_ORIGINAL_SEQ, HEADER_ORIGINAL_STREAM};
@@ -300,95 +300,61 @@ pub(crate) fn follower(stream: &str, since: DateTime<Utc>) -> (watch::Sender<u64
 /// this stream found there ([`Followed`]) and dropping it from the outbox; `read` carries the
 /// last stream sequence read.
 pub(crate) async fn follow(
-    js: jetstream::Context,
+    dlq: Stream,
     db: Arc<Projections>,
     read: watch::Sender<u64>,
     followed: Followed,
     mut stop: Shutdown,
 ) {
-    let mut backoff = Backoff::new();
+    let mut letters = Following::new(dlq, "TRUEBIT_DLQ", 1).headers_only();
     loop {
-        let from = *read.borrow() + 1;
-        let messages = match open_dlq(&js, from).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read TRUEBIT_DLQ yet; retrying");
-                tokio::select! {
-                    _ = stop.recv() => return,
-                    _ = backoff.wait() => continue,
-                }
-            }
+        // The first letter whenever it comes, then those that follow within the linger: one
+        // commit drops a burst of them from the outbox.
+        let Some(first) = letters.next(&mut stop).await else {
+            return;
         };
-        backoff.reset();
-        let mut batches = std::pin::pin!(messages.chunks_timeout(CHUNK, FOLLOW_LINGER));
-        loop {
-            let batch = tokio::select! {
-                _ = stop.recv() => return,
-                b = batches.next() => b,
-            };
-            let Some(batch) = batch else { break };
-            let mut seqs = Vec::with_capacity(batch.len());
-            let mut last = None;
-            for m in batch {
-                let Ok(m) = m else { continue };
-                let Ok(info) = m.info() else { continue };
-                last = Some(info.stream_sequence);
-                let header = |name| m.headers.as_ref().and_then(|h| h.get(name));
-                let stream = header(HEADER_ORIGINAL_STREAM).map(|v| v.as_str());
-                if !followed.ours(stream, info.published) {
-                    continue;
-                }
-                let original =
-                    header(HEADER_ORIGINAL_SEQ).and_then(|v| v.as_str().parse::<u64>().ok());
-                seqs.extend(original);
-            }
-            followed
-                .stored
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(seqs.iter().copied());
-            let db = db.clone();
-            if let Err(e) = blocking(move || db.drop_dead_letters(&seqs)).await {
-                tracing::warn!(error = %e, "cannot drop stored dead letters from the outbox");
-                break;
-            }
-            if let Some(last) = last {
-                read.send_replace(last);
+        let mut batch = vec![first];
+        let linger = tokio::time::Instant::now() + FOLLOW_LINGER;
+        while batch.len() < CHUNK {
+            match tokio::time::timeout_at(linger, letters.next(&mut stop)).await {
+                Ok(Some(letter)) => batch.push(letter),
+                Ok(None) => return,
+                Err(_) => break,
             }
         }
+        let last = batch.last().map_or(0, |letter| letter.seq);
+        let seqs: Vec<u64> = batch
+            .iter()
+            .filter_map(|letter| {
+                let header = |name| letter.message.headers.as_ref().and_then(|h| h.get(name));
+                let stream = header(HEADER_ORIGINAL_STREAM).map(|v| v.as_str());
+                if !followed.ours(stream, letter.stored) {
+                    return None;
+                }
+                header(HEADER_ORIGINAL_SEQ).and_then(|v| v.as_str().parse::<u64>().ok())
+            })
+            .collect();
+        followed
+            .stored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(seqs.iter().copied());
+        let db = db.clone();
+        if let Err(e) = blocking(move || db.drop_dead_letters(&seqs)).await {
+            tracing::warn!(error = %e, "cannot drop stored dead letters from the outbox");
+            // Read again from the first letter not yet dropped, once the database may be back.
+            letters.rewind(*read.borrow() + 1);
+            tokio::select! {
+                _ = stop.recv() => return,
+                _ = tokio::time::sleep(FOLLOW_LINGER) => continue,
+            }
+        }
+        read.send_replace(last);
     }
 }
 
 /// Dead letters read are dropped from the outbox in one commit per this long at most.
 const FOLLOW_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
-
-type DlqMessages = async_nats::jetstream::consumer::pull::Ordered;
-
-async fn open_dlq(js: &jetstream::Context, from: u64) -> Result<DlqMessages, Error> {
-    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
-    let stream = js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(|e| Error::nats("opening TRUEBIT_DLQ", e))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_policy: if from <= 1 {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                }
-            },
-            headers_only: true,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))?;
-    consumer
-        .messages()
-        .await
-        .map_err(|e| Error::nats("reading TRUEBIT_DLQ", e))
-}
 
 #[cfg(test)]
 mod tests {

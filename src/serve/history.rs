@@ -6,11 +6,9 @@
 //! stream forgets them. The leader's own records come back the same way, so what the dashboard
 //! shows is what any NATS client reads.
 
-use crate::infra::backoff::Backoff;
+use crate::infra::follow::Following;
 use crate::infra::shutdown::Shutdown;
-use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
 use async_nats::jetstream::stream::Stream;
-use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
 use truebit_streams::{HistoryRecord, Minute};
@@ -82,79 +80,24 @@ impl NodeHistory {
     }
 }
 
-/// Reads `TRUEBIT_STATS` from its start and follows it until `stop`; reopens after an error,
-/// from the record after the last one read.
+/// Reads `TRUEBIT_STATS` from its start and follows it until `stop`.
 pub async fn follow(stream: Stream, history: std::sync::Arc<NodeHistory>, mut stop: Shutdown) {
-    let mut next = 1u64;
-    let mut backoff = Backoff::new();
     // How many minutes back the stream may still hold a record (rounded up, so that a minute
     // it holds part of is kept); `None` when it keeps everything.
     let max_age = stream.cached_info().config.max_age;
     let keep = (!max_age.is_zero()).then(|| max_age.as_secs().div_ceil(60) as Minute);
-    loop {
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: if next <= 1 {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: next,
-                    }
-                },
-                ..Default::default()
-            })
-            .await;
-        let mut messages = match consumer {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read TRUEBIT_STATS yet; retrying");
-                    tokio::select! { _ = stop.recv() => return, _ = backoff.wait() => continue }
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read TRUEBIT_STATS yet; retrying");
-                tokio::select! { _ = stop.recv() => return, _ = backoff.wait() => continue }
-            }
+    let mut records = Following::new(stream, "TRUEBIT_STATS", 1);
+    while let Some(followed) = records.next(&mut stop).await {
+        let Some(record) = HistoryRecord::parse(&followed.message.payload) else {
+            tracing::debug!("a TRUEBIT_STATS message that is not a history record; skipped");
+            continue;
         };
-        loop {
-            let msg = tokio::select! {
-                _ = stop.recv() => return,
-                msg = messages.next() => msg,
-            };
-            match msg {
-                Some(Ok(msg)) => {
-                    backoff.reset();
-                    // The minute JetStream stored it, by the clock its max_age expires by.
-                    let stored = match msg.info() {
-                        Ok(info) => {
-                            next = info.stream_sequence + 1;
-                            Some(info.published.timestamp().div_euclid(60))
-                        }
-                        Err(_) => None,
-                    };
-                    match HistoryRecord::parse(&msg.payload) {
-                        Some(record) => {
-                            history.insert(&record);
-                            // By the clock the stream expires by, not the publisher's: one
-                            // record with a clock ahead must not wipe what the stream holds.
-                            if let (Some(stored), Some(keep)) = (stored, keep) {
-                                history.forget_before(stored - keep);
-                            }
-                        }
-                        None => tracing::debug!(
-                            "a TRUEBIT_STATS message that is not a history record; skipped"
-                        ),
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "following TRUEBIT_STATS; reopening");
-                    break;
-                }
-                None => break,
-            }
+        history.insert(&record);
+        // By the clock the stream expires by, not the publisher's: one record with a clock
+        // ahead must not wipe what the stream holds.
+        if let Some(keep) = keep {
+            history.forget_before(followed.stored.timestamp().div_euclid(60) - keep);
         }
-        tokio::select! { _ = stop.recv() => return, _ = backoff.wait() => {} }
     }
 }
 

@@ -172,7 +172,7 @@ impl Service {
         let (dlq_stop, dlq_shutdown) = Stop::new();
         let dlq_follower = Staged {
             task: tokio::spawn(dead_letters::follow(
-                js.clone(),
+                topology.dlq.clone(),
                 db.clone(),
                 dlq_read_tx,
                 dlq_read.clone(),
