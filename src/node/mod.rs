@@ -19,12 +19,13 @@ pub mod runner;
 pub mod state;
 pub mod tracker;
 
+use crate::infra::shutdown::{Shutdown, Stop};
 use crate::{Error, NatsConfig};
 use state::{Batch, Outgoing, State};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
@@ -195,14 +196,14 @@ pub async fn node(
         tasks.push(tokio::spawn(fetch_salt(js.clone(), salt.clone())));
     }
 
-    let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let (stop, stopping) = Stop::new();
     let reader = {
         let (state, salt, counts, stop, wake, node_id, config) = (
             state.clone(),
             salt.clone(),
             counts.clone(),
-            stop.clone(),
+            stopping,
             wake.clone(),
             node_id.clone(),
             config.clone(),
@@ -239,7 +240,7 @@ pub async fn node(
     let read_result = match failed {
         None => {
             tracing::info!("stopping: saying node_left");
-            stop.store(true, Ordering::SeqCst);
+            stop.stop();
             reader.await.unwrap_or_else(|e| {
                 Err(Error::Usage(format!(
                     "the reader of the runner's files failed: {e}"
@@ -248,7 +249,7 @@ pub async fn node(
         }
         Some(e) => {
             tracing::error!(error = %e, "the agent cannot go on: stopping, so that its supervisor restarts it");
-            stop.store(true, Ordering::SeqCst);
+            stop.stop();
             Err(e)
         }
     };
@@ -313,7 +314,7 @@ async fn fetch_salt(js: async_nats::jetstream::Context, salt: Arc<OnceLock<Salt>
 async fn say_alive(
     state: Arc<State>,
     node_id: String,
-    counts: Arc<(AtomicU64, AtomicU64)>,
+    counts: Arc<Counts>,
     wake: Arc<Notify>,
     mut connected: broadcast::Receiver<()>,
     every: Duration,
@@ -330,8 +331,8 @@ async fn say_alive(
             }
             _ = ticks.tick() => EventKind::HeartbeatReported(Heartbeat {
                 status: Some("online".into()),
-                total_tasks: Some(anonymize::total_tasks(counts.0.load(Ordering::Relaxed))),
-                active_tasks: Some(anonymize::active_tasks(counts.1.load(Ordering::Relaxed))),
+                total_tasks: Some(anonymize::total_tasks(counts.total.load(Ordering::Relaxed))),
+                active_tasks: Some(anonymize::active_tasks(counts.active.load(Ordering::Relaxed))),
                 continent: None,
                 location: None,
             }),
@@ -357,7 +358,7 @@ struct Reading<'a> {
     grace: i64,
     outbox_max: u64,
     wake: &'a Notify,
-    counts: &'a (AtomicU64, AtomicU64),
+    counts: &'a Counts,
     /// When every file was first read to its end: what was read by then waits for no grace.
     read_through: Option<i64>,
 }
@@ -383,9 +384,7 @@ impl Reading<'_> {
             self.state.commit(Some(tracker), std::mem::take(batch))?;
         }
         tracker.release();
-        let (total, active) = self.state.counts()?;
-        self.counts.0.store(total, Ordering::Relaxed);
-        self.counts.1.store(active, Ordering::Relaxed);
+        self.counts.set(self.state.counts()?);
         if made > 0 {
             tracing::info!(events = made, "read the runner's files");
             self.wake.notify_one();
@@ -440,6 +439,21 @@ impl Reading<'_> {
     }
 }
 
+/// What the heartbeat says of the runner: executions seen, and those received and not completed.
+/// The reader sets them as it commits; the heartbeat reads them.
+#[derive(Debug, Default)]
+struct Counts {
+    total: AtomicU64,
+    active: AtomicU64,
+}
+
+impl Counts {
+    fn set(&self, (total, active): (u64, u64)) {
+        self.total.store(total, Ordering::Relaxed);
+        self.active.store(active, Ordering::Relaxed);
+    }
+}
+
 /// Reads the runner's files every poll, until `stop`: what was read and the events it made are
 /// committed together, at least once a cycle and whenever [`HOLD`] are in hand. Returns `Err`
 /// when it cannot go on (the state cannot be read or written, a source failed past its
@@ -448,8 +462,8 @@ fn read_loop(
     config: &NodeConfig,
     state: &Arc<State>,
     salt: &OnceLock<Salt>,
-    counts: &(AtomicU64, AtomicU64),
-    stop: &AtomicBool,
+    counts: &Counts,
+    stop: &Shutdown,
     wake: &Notify,
     node_id: &str,
 ) -> Result<(), Error> {
@@ -462,17 +476,15 @@ fn read_loop(
     let mut eventdb = config.eventdb.clone().map(eventdb::EventDb::new);
     let mut first = true;
     let mut full = false;
-    let (total, active) = state.counts()?;
-    counts.0.store(total, Ordering::Relaxed);
-    counts.1.store(active, Ordering::Relaxed);
-    let pause = |stop: &AtomicBool| {
+    counts.set(state.counts()?);
+    let pause = |stop: &Shutdown| {
         let until = Instant::now() + config.poll_interval;
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        while Instant::now() < until && !stop.is_shutdown() {
             std::thread::sleep(Duration::from_millis(50).min(config.poll_interval));
         }
     };
     let mut reading: Option<Reading> = None;
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_shutdown() {
         let Some(salt) = salt.get() else {
             pause(stop);
             continue;
@@ -514,7 +526,7 @@ fn read_loop(
             // A step of each log at a time, each committed, until they are read through.
             while logs.poll(&mut tracker, at, &mut batch)? {
                 r.commit(&mut tracker, &mut batch, at)?;
-                if stop.load(Ordering::SeqCst) || r.full()? {
+                if stop.is_shutdown() || r.full()? {
                     break;
                 }
             }
