@@ -2,7 +2,7 @@
 //! --log-mib M --poll-ms P]`, by default a million executions and a 2 GiB debug log.
 //!
 //! Builds a runner's history in a temporary folder, in the formats of `src/node/runner.rs` (as
-//! `tests/node.rs` writes them): an EventDB of N executions (task_created in the runner's form,
+//! `tests/it/node.rs` writes them): an EventDB of N executions (task_created in the runner's form,
 //! computed_outcome, an invoice for every other one) and a debug log of M MiB (the received,
 //! stdout and completion entries of those executions, then of further ones until the size is
 //! reached). Runs the agent binary on it beside a real nats-server with no stream, so that

@@ -3,10 +3,10 @@
 //! The takeover runs on one server (the lease needs no cluster); the pause on a three-server
 //! cluster. `tests/cluster.rs` kills servers and instances under load.
 
-mod common;
+use crate::common;
 
+use crate::common::process::{command, spawn_serve_with};
 use async_nats::jetstream;
-use common::process::{command, spawn_serve_with};
 use futures::StreamExt;
 use serde_json::json;
 use std::path::Path;

@@ -1,5 +1,4 @@
 //! Shared by the integration tests: a served aggregator over a real nats-server of the test's own.
-#![allow(dead_code)] // each test binary uses its own part of this
 
 pub mod browser;
 pub mod process;

@@ -2,10 +2,10 @@
 //! instances under a steady publish load lose nothing when the server leading the events stream
 //! dies, or when the leading instance dies, and a restarted instance stays a standby.
 
-mod common;
+use crate::common;
 
+use crate::common::process::{command, run, spawn_serve_with};
 use async_nats::jetstream;
-use common::process::{command, run, spawn_serve_with};
 use futures::StreamExt;
 use serde_json::json;
 use std::path::Path;

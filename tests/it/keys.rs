@@ -3,10 +3,10 @@
 //! commands wrote, and what `serve` admits is checked against a model of the rules over the
 //! stream as JetStream stored it, across SIGKILLs, and against a rebuild.
 
-mod common;
+use crate::common;
 
+use crate::common::process::{command, run, spawn_serve_with};
 use async_nats::jetstream;
-use common::process::{command, run, spawn_serve_with};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,9 +1,9 @@
 //! The binary as an operator runs it: signals, crashes, exit codes, `stats` beside `serve`.
 
-mod common;
+use crate::common;
 
+use crate::common::process::{command, run, spawn_serve, spawn_serve_with};
 use async_nats::jetstream;
-use common::process::{command, run, spawn_serve, spawn_serve_with};
 use futures::StreamExt;
 use std::path::Path;
 use truebit_projections::Projections;

@@ -1,9 +1,9 @@
 //! `replay` on the binary: rebuilds match the live fold, `--verify` catches a difference, and
 //! `serve` resumes after a swap with nothing folded twice or skipped.
 
-mod common;
+use crate::common;
 
-use common::Served;
+use crate::common::Served;
 use redb::ReadableTable;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

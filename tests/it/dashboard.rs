@@ -4,10 +4,8 @@
 //! drew data; from the DevTools protocol: the page logged no error and fetched nothing from
 //! another host. Screenshots go to `target/artefacts/`.
 
-mod common;
-
-use common::browser::Browser;
-use common::{Served, PATIENCE};
+use crate::common::browser::Browser;
+use crate::common::{Served, PATIENCE};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

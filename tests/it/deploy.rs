@@ -1,7 +1,7 @@
 //! `deploy/nats-server.conf` as shipped: the aggregator can do its job, and a node can publish
 //! its events and read the stats but do nothing else.
 
-mod common;
+use crate::common;
 
 use async_nats::jetstream;
 use serde_json::json;

@@ -2,11 +2,11 @@
 //! one salt deduplicate, nothing is lost or doubled across an outage and a restart, and a node
 //! sees the network's numbers at once, then `stale` when the aggregator stops.
 
-mod common;
+use crate::common;
 
+use crate::common::process::BIN;
+use crate::common::{Served, PATIENCE};
 use async_nats::jetstream;
-use common::process::BIN;
-use common::{Served, PATIENCE};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};

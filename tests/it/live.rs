@@ -1,10 +1,10 @@
 //! The live path end to end: nodes publish to a real nats-server, `serve` folds, snapshots come
 //! out on NATS and in KV, refusals land in the dead-letter stream.
 
-mod common;
+use crate::common;
 
+use crate::common::{hash, msg, Served};
 use async_nats::jetstream;
-use common::{hash, msg, Served};
 use serde_json::json;
 use truebit_projections::Projections;
 use truebit_streams::Digest;

@@ -2,9 +2,9 @@
 //! health and readiness answers, `/api/stats` and `/api/history`, the history records in
 //! `TRUEBIT_STATS`, and `stats` as the NATS micro service `truebit-stats`.
 
-mod common;
+use crate::common;
 
-use common::{http_get, msg, Served, PATIENCE};
+use crate::common::{http_get, msg, Served, PATIENCE};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
