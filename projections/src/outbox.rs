@@ -6,7 +6,7 @@
 //! §9). Entries written before the minute was kept are the dead letter alone; they decode with
 //! no minute, and are sent as before.
 
-use crate::records::{decode, encode};
+use crate::records::read_outbox_entry;
 use crate::{tables, Error, Projections};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use truebit_streams::{DeadLetter, Minute};
@@ -23,16 +23,7 @@ pub struct PendingDeadLetter {
 }
 
 fn decode_entry(seq: u64, bytes: &[u8]) -> Result<PendingDeadLetter, Error> {
-    let corrupt = |e: postcard::Error| Error::Corrupt {
-        table: "outbox",
-        detail: e.to_string(),
-    };
-    let (dead_letter, rest) = postcard::take_from_bytes::<DeadLetter>(bytes).map_err(corrupt)?;
-    let stored_minute = if rest.is_empty() {
-        None
-    } else {
-        Some(decode::<Minute>("outbox", rest)?)
-    };
+    let (dead_letter, stored_minute) = read_outbox_entry(bytes)?;
     Ok(PendingDeadLetter {
         seq,
         dead_letter,
@@ -105,13 +96,6 @@ impl Projections {
         txn.commit()?;
         Ok(())
     }
-}
-
-/// An outbox entry: the dead letter, then the minute its refused message was stored.
-pub(crate) fn entry(dead_letter: &DeadLetter, stored_minute: Minute) -> Vec<u8> {
-    let mut bytes = encode(dead_letter);
-    bytes.extend(encode(&stored_minute));
-    bytes
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What the projections hold per task, invoice and node, and how each is stored.
 
 use serde::{Deserialize, Serialize};
-use truebit_streams::{Minute, Outcome, Permissions};
+use truebit_streams::{DeadLetter, Minute, Outcome, Permissions};
 
 /// A task, keyed by `taskIdHash` (contract §5.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,4 +105,28 @@ pub(crate) fn decode<'a, T: Deserialize<'a>>(
         table,
         detail: e.to_string(),
     })
+}
+
+/// An outbox entry: the dead letter, then the minute its refused message was stored.
+pub(crate) fn outbox_entry(dead_letter: &DeadLetter, stored_minute: Minute) -> Vec<u8> {
+    let mut bytes = encode(dead_letter);
+    bytes.extend(encode(&stored_minute));
+    bytes
+}
+
+/// An outbox entry read back; one written before entries kept the minute has none.
+pub(crate) fn read_outbox_entry(
+    bytes: &[u8],
+) -> Result<(DeadLetter, Option<Minute>), crate::Error> {
+    let corrupt = |e: postcard::Error| crate::Error::Corrupt {
+        table: "outbox",
+        detail: e.to_string(),
+    };
+    let (dead_letter, rest) = postcard::take_from_bytes::<DeadLetter>(bytes).map_err(corrupt)?;
+    let stored_minute = if rest.is_empty() {
+        None
+    } else {
+        Some(decode::<Minute>("outbox", rest)?)
+    };
+    Ok((dead_letter, stored_minute))
 }

@@ -251,7 +251,7 @@ impl<'t, 'l> Writer<'t, 'l> {
     pub(crate) fn refuse(&mut self, input: &Input, refusal: &Refusal) -> Result<(), Error> {
         *self.rejections.entry(refusal.reason.as_str()).or_default() += 1;
         if let (Some(dead), Outbox::Record) = (&refusal.dead_letter, self.outbox_mode) {
-            let entry = crate::outbox::entry(dead, input.stored_minute);
+            let entry = crate::records::outbox_entry(dead, input.stored_minute);
             self.outbox.insert(input.seq, entry.as_slice())?;
         }
         Ok(())
