@@ -531,7 +531,7 @@ async fn keys(
         ),
         KeysCommand::Mode { mode, seed } => (seed, Change::Mode(mode)),
     };
-    crate::commands::keys::publish(nats, seed.admin_seed.as_deref(), change).await
+    crate::commands::keys::publish_change(nats, seed.admin_seed.as_deref(), change).await
 }
 
 /// `--at`: an RFC 3339 time, floored to the minute.

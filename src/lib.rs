@@ -33,6 +33,6 @@ pub use error::Error;
 pub use infra::nats::NatsConfig;
 pub use infra::topology::{self, AckMode};
 pub use node::{node, NodeConfig};
-pub use serve::history::{NodeCounts, NodeHistory};
+pub use serve::node_history::{NodeCounts, NodeHistory};
 pub use serve::{serve, ServeConfig};
 pub use truebit_streams::names::HEADER_LAST_SEQ;

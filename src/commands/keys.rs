@@ -41,7 +41,7 @@ pub enum KeySource {
 }
 
 /// Publishes an operator event signed with the admin seed; returns what to print.
-pub async fn publish(
+pub async fn publish_change(
     nats: &NatsConfig,
     admin_seed: Option<&Path>,
     change: Change,

@@ -36,7 +36,7 @@ const LAST_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Publishes the outbox at start and whenever a commit may have added to it, until the
 /// committer ends (it owns `applied`'s sender); then once more, so that a clean stop leaves
 /// nothing behind that it could have sent.
-pub(crate) async fn publish(
+pub(crate) async fn send_outbox(
     js: jetstream::Context,
     db: Arc<Projections>,
     mut applied: watch::Receiver<u64>,

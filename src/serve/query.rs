@@ -10,7 +10,7 @@
 //! decides as the live fold did): request `{"adminKey": "<key>"}` (or `null` for none), reply
 //! `{"ok": true}` or a 400 error that says what differs and what to do.
 
-use super::publish::Publisher;
+use super::snapshots::SnapshotPublisher;
 use crate::infra::shutdown::Shutdown;
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
@@ -27,7 +27,7 @@ use truebit_streams::{
 /// otherwise) and, for older clients, `{"error": ...}` as the body.
 pub(crate) async fn answer(
     client: async_nats::Client,
-    publisher: Publisher,
+    publisher: SnapshotPublisher,
     mut stop: Shutdown,
 ) -> Result<(), String> {
     let service = client
@@ -90,7 +90,7 @@ pub(crate) async fn answer(
     Ok(())
 }
 
-async fn respond(publisher: &Publisher, payload: &[u8]) -> Result<Value, (usize, String)> {
+async fn respond(publisher: &SnapshotPublisher, payload: &[u8]) -> Result<Value, (usize, String)> {
     let query = parse_query(payload).map_err(|e| (400, e))?;
     let period: Period = query
         .period
@@ -124,7 +124,10 @@ fn parse_query(payload: &[u8]) -> Result<StatsQuery, String> {
     Ok(query)
 }
 
-async fn check_admin_key(publisher: &Publisher, payload: &[u8]) -> Result<Value, (usize, String)> {
+async fn check_admin_key(
+    publisher: &SnapshotPublisher,
+    payload: &[u8],
+) -> Result<Value, (usize, String)> {
     let query: AdminKeyQuery = serde_json::from_slice(payload).map_err(|e| {
         (
             400,
@@ -148,7 +151,7 @@ async fn check_admin_key(publisher: &Publisher, payload: &[u8]) -> Result<Value,
     }
 }
 
-async fn registry(publisher: &Publisher) -> Result<Value, String> {
+async fn registry(publisher: &SnapshotPublisher) -> Result<Value, String> {
     let db = publisher.db();
     truebit_projections::task::blocking(move || db.registry_json())
         .await

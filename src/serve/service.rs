@@ -3,16 +3,16 @@
 
 use super::catch_up::CatchUp;
 use super::dead_letters;
-use super::history::{self, NodeHistory};
 use super::http::{self, AppState};
 use super::lag;
 use super::leader::{self, Leader};
 use super::metrics::Metrics;
+use super::node_history::{self, NodeHistory};
 use super::order::Order;
-use super::publish::{self, LastPublished, Publisher};
 use super::query;
 use super::receive::Receiver;
 use super::running::{Ended, Running, Staged};
+use super::snapshots::{self, LastPublished, SnapshotPublisher};
 use super::start::Opened;
 use super::status::Status;
 use super::{checkpoint, commit, ServeConfig};
@@ -32,7 +32,7 @@ const QUEUED_BATCHES: usize = 16;
 
 /// What the loop needs between events.
 pub(super) struct Service {
-    publisher: Publisher,
+    publisher: SnapshotPublisher,
     leader: Leader,
     became_leader: watch::Receiver<bool>,
     applied: watch::Receiver<u64>,
@@ -93,15 +93,15 @@ impl Service {
             )),
             stop: lease_stop,
         };
-        let published = publish::last_published(&client).await?;
+        let published = snapshots::last_published(&client).await?;
         tracing::info!(db = %config.db_path.display(), applied, stream_last = target, "serving");
         metrics.last_applied.set(applied as i64);
         metrics.stream_last.set(target as i64);
-        let publisher = Publisher::new(
+        let publisher = SnapshotPublisher::new(
             client.clone(),
             topology.stats.clone(),
             db.clone(),
-            publish::Lead {
+            snapshots::Lead {
                 leader: leader.clone(),
                 instance: me,
                 published: published.clone(),
@@ -120,7 +120,7 @@ impl Service {
             })
         };
         let nodes = Arc::new(NodeHistory::default());
-        let history = tokio::spawn(history::follow(
+        let history = tokio::spawn(node_history::follow(
             topology.history.clone(),
             nodes.clone(),
             shutdown.clone(),
@@ -180,7 +180,7 @@ impl Service {
             )),
             stop: dlq_stop,
         };
-        let dead_letters = tokio::spawn(dead_letters::publish(
+        let dead_letters = tokio::spawn(dead_letters::send_outbox(
             js,
             db.clone(),
             applied_rx.clone(),

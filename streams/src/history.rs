@@ -11,7 +11,7 @@
 //! task and invoice figures are the headline ones of P = all.
 
 use crate::event::Minute;
-use crate::stats::Snapshot;
+use crate::snapshot::Snapshot;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

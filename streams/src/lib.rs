@@ -52,7 +52,7 @@ mod redact;
 mod rejection;
 mod rules;
 mod signature;
-mod stats;
+mod snapshot;
 pub mod subjects;
 mod validate;
 
@@ -72,5 +72,5 @@ pub use redact::contract_fields;
 pub use rejection::{Reason, Rejection};
 pub use rules::{MAX_CLOCK_SKEW_SECS, MAX_PAYLOAD};
 pub use signature::{PublicKey, Signer, SigningKey, Verifier};
-pub use stats::{rate, AdminKeyQuery, Period, Snapshot, StatsQuery, MAX_DISTINCT};
+pub use snapshot::{rate, AdminKeyQuery, Period, Snapshot, StatsQuery, MAX_DISTINCT};
 pub use validate::validate;

@@ -2,7 +2,7 @@
 //! may read too. A bad parameter is a 400 whose JSON says what is allowed.
 
 use super::AppState;
-use crate::serve::history::{NodeCounts, NodeHistory};
+use crate::serve::node_history::{NodeCounts, NodeHistory};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -10,8 +10,8 @@ pub mod api;
 mod assets;
 mod health;
 
-use super::history::NodeHistory;
 use super::metrics::Metrics;
+use super::node_history::NodeHistory;
 use super::status::Status;
 use crate::infra::shutdown::Shutdown;
 use crate::Error;

@@ -26,7 +26,7 @@ use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ, HISTORY_STREAM};
 use truebit_streams::{subjects, HistoryRecord, Minute, Snapshot};
 
 #[derive(Clone)]
-pub(crate) struct Publisher {
+pub(crate) struct SnapshotPublisher {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
     kv: kv::Store,
@@ -94,7 +94,7 @@ pub(crate) async fn last_published(client: &async_nats::Client) -> Result<LastPu
     Ok(published)
 }
 
-impl Publisher {
+impl SnapshotPublisher {
     pub fn new(
         client: async_nats::Client,
         kv: kv::Store,
@@ -103,7 +103,7 @@ impl Publisher {
         metrics: Arc<Metrics>,
         status: Arc<Status>,
     ) -> Self {
-        Publisher {
+        SnapshotPublisher {
             lead,
             js: async_nats::jetstream::new(client.clone()),
             client,
