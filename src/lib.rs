@@ -1,13 +1,21 @@
 //! The TrueBit federation aggregator as a service: it wires the wire contract
-//! ([`truebit_streams`]) and the projections ([`truebit_projections`]) to NATS.
+//! ([`truebit_streams`]) and the projections ([`truebit_projections`]) to NATS. One binary,
+//! three kinds of work, a folder each:
 //!
-//! - [`serve`] catches up on `TRUEBIT_EVENTS` through the durable consumer `aggregator`, folds
-//!   live in batches (each acked only after the redb commit that holds it), dead-letters what
-//!   it refuses, publishes snapshots every interval and answers `stats` queries.
-//! - [`stats`] reads a snapshot from the database file, or asks the `serve` that holds it.
-//! - [`init`] creates or updates the topology.
-//! - [`node()`] is the node agent: it runs beside a TrueBit runner and publishes what it did.
-//! - [`replay`] rebuilds the database from the stream, or verifies it against a rebuild.
+//! - [`serve`] (`serve/`) runs for as long as the network does: it catches up on
+//!   `TRUEBIT_EVENTS` through its durable consumer, folds live in batches (each acked only after
+//!   the redb commit that holds it), sends the dead letters it recorded, and, while it holds the
+//!   lease, publishes snapshots, history records and checkpoints; it answers `stats` over NATS
+//!   and HTTP (metrics, health, the API, the dashboard). `serve/mod.rs` reads as its table of
+//!   contents.
+//! - [`node()`] (`node/`) runs beside a TrueBit runner: it reads the runner's files, publishes
+//!   anonymized, signed events paced to its key's rate, and shows the node the network's numbers.
+//! - [`commands`] run once: [`init`], [`stats`], [`replay`] (and `--verify`), `keys`.
+//!
+//! `infra/` is what they share (NATS, the topology, shutdown, backoff, files); `cli.rs` the flags;
+//! `error.rs` every error and its exit code. A new metric goes in `serve/metrics.rs`, a new
+//! endpoint in `serve/http/`, a new command in `commands/` and `cli.rs`, a new event type or
+//! field in `truebit_streams` (and its fold in `truebit_projections`).
 //!
 //! `serve` takes its shutdown as a future, so that tests drive it as `main` does with signals:
 //!

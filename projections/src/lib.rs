@@ -13,10 +13,13 @@
 //! whether a node message is admitted is decided in stream order (`admission.rs`), so a replay
 //! admits exactly what the live fold admitted.
 //!
-//! The modules follow the life of the data: `tables` (every redb table, in one registry),
-//! `store` (the file, its metadata, a batch's commit), `writer` and `fold` (what a batch does to
-//! the records), `views` and `reader` (records and snapshots read back), `compare` (a whole
-//! database copied or compared).
+//! The modules follow the life of the data: `input` (a stored message read into an [`Input`],
+//! its signature checked), `tables` (every redb table, in one registry, with the meta keys),
+//! `records` (how each is stored), `store` (the file, a batch's commit), `writer`, `fold` and
+//! `admission` (what a batch does to the records and the key registry), `views`, `reader` and
+//! `history` (records, snapshots and series read back), `outbox` (dead letters waiting),
+//! `compare` (a whole database copied or compared), and, with the feature `tokio`, `task` (redb
+//! work from async code).
 //!
 //! Tasks and invoices, keyed by random hashes, are stored so that a new one is appended rather
 //! than written into a random page: first in creation order, then sealed in sorted runs of
