@@ -48,6 +48,45 @@ fn signed(key: Option<&SigningKey>, node: &str) -> (String, Vec<u8>, async_nats:
     ("truebit.heartbeat".into(), payload, headers)
 }
 
+/// One test's network: its own nats-server, a database path, and the root admin key that
+/// `keys new-admin` made (its seed at `admin_seed`).
+struct Network {
+    _server: NatsServer,
+    dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    admin: String,
+    admin_seed: std::path::PathBuf,
+}
+
+impl Network {
+    async fn start() -> Self {
+        let server = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("aggregator.redb");
+        let url = server.url();
+        let client = async_nats::connect(&url).await.unwrap();
+        let admin_seed = dir.path().join("admin.seed");
+        let admin = keys(
+            &url,
+            &db,
+            &["new-admin", "--out", admin_seed.to_str().unwrap()],
+        );
+        Network {
+            js: jetstream::new(client.clone()),
+            _server: server,
+            dir,
+            db,
+            url,
+            client,
+            admin,
+            admin_seed,
+        }
+    }
+}
+
 /// What the contract says of each node message after the mode switch, computed from the stream
 /// alone: the key's record as issued, and per key and stored minute, the first `rate` messages
 /// that pass every other check admitted and the rest `rate_limited`.
@@ -87,20 +126,17 @@ async fn model(
 
 #[tokio::test]
 async fn enforced_traffic_through_three_sigkills_ends_exact_and_a_rebuild_admits_the_same() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("aggregator.redb");
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = jetstream::new(client.clone());
+    let Network {
+        _server,
+        dir,
+        db,
+        url,
+        client,
+        js,
+        admin,
+        admin_seed,
+    } = Network::start().await;
     assert!(run(command(&url, &db).arg("init")).status.success());
-
-    let admin_seed = dir.path().join("admin.seed");
-    let admin = keys(
-        &url,
-        &db,
-        &["new-admin", "--out", admin_seed.to_str().unwrap()],
-    );
     let admin_arg = ["--admin-seed", admin_seed.to_str().unwrap()];
     // One node made its own key and sent the public half; one was made for a node by the operator.
     let own_seed = dir.path().join("own.seed");
@@ -280,18 +316,16 @@ async fn enforced_traffic_through_three_sigkills_ends_exact_and_a_rebuild_admits
 
 #[tokio::test]
 async fn a_stored_operator_event_published_again_changes_nothing_live_or_in_a_rebuild() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("aggregator.redb");
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = jetstream::new(client.clone());
-    let admin_seed = dir.path().join("admin.seed");
-    let admin = keys(
-        &url,
-        &db,
-        &["new-admin", "--out", admin_seed.to_str().unwrap()],
-    );
+    let Network {
+        _server,
+        dir,
+        db,
+        url,
+        client,
+        js,
+        admin,
+        admin_seed,
+    } = Network::start().await;
     let (serve, log) = spawn_serve_with(serve_command(&url, &db, &admin));
     let seed_arg = admin_seed.to_str().unwrap();
     let node_seed = dir.path().join("node.seed");
@@ -380,18 +414,16 @@ async fn a_stored_operator_event_published_again_changes_nothing_live_or_in_a_re
 
 #[tokio::test]
 async fn in_audit_everything_is_folded_and_what_enforce_would_refuse_is_counted() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("aggregator.redb");
-    let url = server.url();
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = jetstream::new(client.clone());
-    let admin_seed = dir.path().join("admin.seed");
-    let admin = keys(
-        &url,
-        &db,
-        &["new-admin", "--out", admin_seed.to_str().unwrap()],
-    );
+    let Network {
+        _server,
+        dir,
+        db,
+        url,
+        client,
+        js,
+        admin,
+        admin_seed,
+    } = Network::start().await;
     let (serve, log) = spawn_serve_with(serve_command(&url, &db, &admin));
     let node_seed = dir.path().join("node.seed");
     let seed_arg = admin_seed.to_str().unwrap();

@@ -682,16 +682,18 @@ fn keys(url: &str, args: &[&str]) -> String {
     common::process::keys(cmd, args)
 }
 
+/// `serve` folding with a root admin key that `keys new-admin` wrote to `seed`.
+async fn aggregator_with_root_key(seed: &str) -> Served {
+    let admin = keys("nats://127.0.0.1:1", &["new-admin", "--out", seed]);
+    let admin_key = truebit_streams::PublicKey::parse(&admin).unwrap();
+    Served::start_with(move |c| c.admin_key = Some(admin_key.clone())).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_agent_is_admitted_by_an_enforcing_aggregator() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let admin = keys(
-        "nats://127.0.0.1:1",
-        &["new-admin", "--out", &path("admin.seed")],
-    );
-    let admin_key = truebit_streams::PublicKey::parse(&admin).unwrap();
-    let served = Served::start_with(move |c| c.admin_key = Some(admin_key.clone())).await;
+    let served = aggregator_with_root_key(&path("admin.seed")).await;
     let url = served.server.url();
     // The node makes its key; the operator registers its public half, bound to its nodeId.
     let node_key = keys(&url, &["new", "--out", &path("node.seed")]);
@@ -1044,12 +1046,7 @@ async fn a_backlog_goes_out_within_the_rate_limit_and_enforce_refuses_none() {
     const LIMIT: u64 = 4;
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let admin = keys(
-        "nats://127.0.0.1:1",
-        &["new-admin", "--out", &path("admin.seed")],
-    );
-    let admin_key = truebit_streams::PublicKey::parse(&admin).unwrap();
-    let served = Served::start_with(move |c| c.admin_key = Some(admin_key.clone())).await;
+    let served = aggregator_with_root_key(&path("admin.seed")).await;
     let url = served.server.url();
     let node_key = keys(&url, &["new", "--out", &path("node.seed")]);
     let admin_seed = ["--admin-seed", &path("admin.seed")];
