@@ -125,9 +125,10 @@ pub fn task_type(task_id: &str) -> Option<&'static str> {
         .find(|p| task_id.strip_prefix(p).is_some_and(|r| r.starts_with('_')))
 }
 
-/// The `Nats-Msg-Id` of an event: `<nodeId>:<type>:<hash>` for task and invoice events (so two
-/// nodes reporting one execution both land, and one node never twice), and
-/// `<nodeId>:<type>:<timestamp>` for the others.
+/// The `Nats-Msg-Id` of a task or invoice event: `<nodeId>:<type>:<hash>`, so that two nodes
+/// reporting one execution both land, and one node never twice. Heartbeats, joins and leaves are
+/// numbered instead, by a counter the node keeps (contract §10; the agent's `State`): their
+/// 5-minute timestamp, given here for them, repeats within JetStream's duplicate window.
 pub fn msg_id(event: &Event) -> String {
     let key = match &event.kind {
         EventKind::TaskReceived { task, .. } | EventKind::TaskCompleted { task, .. } => {
