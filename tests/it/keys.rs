@@ -48,6 +48,29 @@ fn signed(key: Option<&SigningKey>, node: &str) -> (String, Vec<u8>, async_nats:
     ("truebit.heartbeat".into(), payload, headers)
 }
 
+/// Issues a key for a node with `keys issue --out`, signed with the admin seed `admin_seed`;
+/// returns the node's seed file and its public key.
+fn issue_node_key(
+    url: &str,
+    db: &Path,
+    dir: &tempfile::TempDir,
+    admin_seed: &str,
+) -> (std::path::PathBuf, String) {
+    let node_seed = dir.path().join("node.seed");
+    let out = node_seed.to_str().unwrap();
+    let args = [
+        "issue",
+        "--name",
+        "n",
+        "--out",
+        out,
+        "--admin-seed",
+        admin_seed,
+    ];
+    let key = keys(url, db, &args);
+    (node_seed, key)
+}
+
 /// One test's network: its own nats-server, a database path, and the root admin key that
 /// `keys new-admin` made (its seed at `admin_seed`).
 struct Network {
@@ -328,20 +351,7 @@ async fn a_stored_operator_event_published_again_changes_nothing_live_or_in_a_re
     } = Network::start().await;
     let (serve, log) = spawn_serve_with(serve_command(&url, &db, &admin));
     let seed_arg = admin_seed.to_str().unwrap();
-    let node_seed = dir.path().join("node.seed");
-    let node_key = keys(
-        &url,
-        &db,
-        &[
-            "issue",
-            "--name",
-            "n",
-            "--out",
-            node_seed.to_str().unwrap(),
-            "--admin-seed",
-            seed_arg,
-        ],
-    );
+    let (node_seed, node_key) = issue_node_key(&url, &db, &dir, seed_arg);
     keys(&url, &db, &["mode", "audit", "--admin-seed", seed_arg]);
     keys(&url, &db, &["mode", "enforce", "--admin-seed", seed_arg]);
     keys(&url, &db, &["revoke", &node_key, "--admin-seed", seed_arg]);
@@ -425,21 +435,8 @@ async fn in_audit_everything_is_folded_and_what_enforce_would_refuse_is_counted(
         admin_seed,
     } = Network::start().await;
     let (serve, log) = spawn_serve_with(serve_command(&url, &db, &admin));
-    let node_seed = dir.path().join("node.seed");
     let seed_arg = admin_seed.to_str().unwrap();
-    keys(
-        &url,
-        &db,
-        &[
-            "issue",
-            "--name",
-            "n",
-            "--out",
-            node_seed.to_str().unwrap(),
-            "--admin-seed",
-            seed_arg,
-        ],
-    );
+    let (node_seed, _) = issue_node_key(&url, &db, &dir, seed_arg);
     keys(&url, &db, &["mode", "audit", "--admin-seed", seed_arg]);
     let node = seed(&node_seed);
     let last = truebit_testkit::publish_all_with_headers(
