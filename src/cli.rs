@@ -264,7 +264,7 @@ pub struct NodeArgs {
     /// Seconds between heartbeats.
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_interval: u64,
-    /// Seconds an event waits for a better source of its time or figures (see the README).
+    /// Seconds an event waits for a better source of its time or figures (see deploy/README.md, "Which events wait for `--grace`").
     #[arg(long, env = "NODE_GRACE", default_value_t = 60)]
     pub grace: u64,
     /// Most events the outbox keeps while NATS is away.

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
 ///   keeps its freed chunks. A batch's messages are read on short-lived threads, one per core
 ///   (`truebit_projections::inputs`), and the committer frees what they allocated: every arena ends
 ///   up holding fragments. At most two arenas: 158 to 131 MiB, and 255 to 191 MiB at ten
-///   million tasks, where it cost 8% to 23% of the rate (README, "Peak RSS and malloc arenas").
+///   million tasks, where it cost 8% to 23% of the rate (tests/bench/README.md, "Peak RSS and malloc arenas").
 fn bound_the_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets glibc allocator parameters; called before any thread starts.

@@ -1,4 +1,4 @@
-//! The runner's raw formats, read as `fixtures/runner-node/README.md` describes them: EventDB
+//! The runner's raw formats, read as `tests/fixtures/runner-node/README.md` describes them: EventDB
 //! records by where their `type` sits, and log entries by the monitor's line kinds. Pure: bytes
 //! and text in, records out. Nothing here decides what leaves the node; [`super::tracker`] does.
 
