@@ -89,7 +89,7 @@ impl Prometheus {
         let mut prometheus = Prometheus {
             base: format!("127.0.0.1:{port}"),
             log,
-            process: process,
+            process,
             _dir: dir,
         };
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -188,6 +188,18 @@ fn panel_targets(panels: &[Value], out: &mut Vec<(String, Value)>) {
             panel_targets(nested, out);
         }
     }
+}
+
+/// The `truebit_…` metric names an expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names: Vec<String> = expr
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("truebit_"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn substitute(expr: &str) -> String {
@@ -353,6 +365,13 @@ async fn every_dashboard_panel_returns_data_and_every_alert_rule_evaluates() {
         let answer = prometheus.query(expr).await;
         if answer["status"] != "success" || !answer["data"]["result"].is_array() {
             failures.push(format!("rule {name}: {expr}: {}", answer["error"]));
+        }
+        // An empty answer is fine, a metric serve does not export is not: it would never fire.
+        for metric in metric_names(expr) {
+            let selector = format!("count({{__name__=\"{metric}\"}})");
+            if prometheus.scalar(&selector).await.is_none() {
+                failures.push(format!("rule {name}: serve exports no {metric}"));
+            }
         }
     }
     // Prometheus's own evaluations of them, once each has run.
