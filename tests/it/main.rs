@@ -16,5 +16,6 @@ mod live;
 mod node;
 mod ops;
 mod process;
+mod prometheus;
 mod replay;
 mod topology;
