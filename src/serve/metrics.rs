@@ -45,6 +45,8 @@ pub struct Metrics {
     pub history_records: Counter,
     pub database_bytes: Gauge,
     pub leader: Gauge,
+    /// What `/readyz` would answer, as 1 or 0: set at each scrape, so that an alert sees it.
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             history_records: Counter::default(),
             database_bytes: Gauge::default(),
             leader: Gauge::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         // Every label known from the start, at 0: a rate over a series that appears late is wrong.
@@ -157,6 +160,11 @@ impl Metrics {
             "truebit_leader",
             "1 on the instance that publishes snapshots, history and dead letters, else 0",
             m.leader.clone(),
+        );
+        registry.register(
+            "truebit_ready",
+            "1 when /readyz answers 200 (connected to NATS, caught up, lag under one batch), else 0",
+            m.ready.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -243,6 +251,7 @@ mod tests {
             "truebit_oldest_unfolded_age_seconds 0.0",
             "truebit_database_bytes 0",
             "truebit_leader 0",
+            "truebit_ready 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -54,6 +54,7 @@ async fn scrape(base: &str) -> BTreeMap<String, f64> {
         ("truebit_snapshot_age_seconds", "gauge"),
         ("truebit_database_bytes", "gauge"),
         ("truebit_leader", "gauge"),
+        ("truebit_ready", "gauge"),
         ("truebit_last_applied_sequence", "gauge"),
         ("truebit_stream_last_sequence", "gauge"),
     ] {
@@ -149,13 +150,15 @@ async fn metrics_show_the_catch_up_and_count_each_dead_letter_by_reason() {
     served.serve();
     let base = served.http_url().await;
 
-    // Caught up: the lag falls to 0 and the last applied sequence reaches the stream's end.
+    // Caught up: the lag falls to 0, the last applied sequence reaches the stream's end, and
+    // the instance says it is ready as /readyz does.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let metrics = loop {
         let m = scrape(&base).await;
         if m["truebit_consumer_pending_messages"] == 0.0
             && m["truebit_last_applied_sequence"] == last as f64
             && m["truebit_stream_last_sequence"] == last as f64
+            && m["truebit_ready"] == 1.0
         {
             break m;
         }

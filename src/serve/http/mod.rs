@@ -78,6 +78,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl Into
     if let Ok(meta) = std::fs::metadata(&state.db_path) {
         m.database_bytes.set(meta.len() as i64);
     }
+    m.ready.set(state.status.not_ready().is_none() as i64);
     let openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
