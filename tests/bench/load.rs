@@ -12,13 +12,11 @@
 //!
 //! It prints its figures, and exits non-zero when a snapshot was late or a count is off.
 
-use async_nats::HeaderMap;
 use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use truebit_testkit::{signal, Fleet, NatsServer, Reaped, SIGTERM};
+use truebit_testkit::{publish_realtime, signal, Load, NatsServer, Reaped, SIGTERM};
 
 struct Args {
     nodes: u64,
@@ -51,9 +49,6 @@ fn args() -> Args {
     }
     a
 }
-
-/// How often the publisher wakes to send what is due.
-const TICK: Duration = Duration::from_millis(50);
 
 fn main() {
     let args = args();
@@ -140,7 +135,12 @@ async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
         })
     };
 
-    let published = publish_fleet(&client, args).await;
+    let load = Load {
+        nodes: args.nodes,
+        tasks_per_node_per_minute: args.tasks_per_node_per_minute,
+        duration: Duration::from_secs(args.minutes * 60),
+    };
+    let published = publish_realtime(&client, &load).await;
     let _ = stop_tx.send(true);
     let lags = sampler.await.unwrap();
 
@@ -159,13 +159,7 @@ async fn run(server: &NatsServer, args: &Args, dir: &std::path::Path) -> bool {
     }
     let drain = drained.elapsed();
     tokio::time::sleep(Duration::from_millis(args.interval_ms + 1500)).await;
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", serve.id()))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+    let rss = truebit_testkit::procfs::usage(serve.id()).peak_kib;
     let latest = async_nats::jetstream::new(client.clone())
         .get_key_value("truebit-stats")
         .await
@@ -245,100 +239,4 @@ async fn consumer_info(
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
         stream.get_consumer("aggregator").await?;
     Ok(consumer.info().await?.clone())
-}
-
-#[derive(Default)]
-struct Published {
-    events: u64,
-    heartbeats: u64,
-    tasks: u64,
-    invoices: u64,
-    seconds: f64,
-}
-
-/// Publishes at real-time rate what the fleet sends over `args.minutes`, as today's monitor
-/// does: core NATS publishes with a `Nats-Msg-Id`, timestamps floored to 5 minutes.
-async fn publish_fleet(client: &async_nats::Client, args: &Args) -> Published {
-    let started = Instant::now();
-    let total = Duration::from_secs(args.minutes * 60);
-    let task_rate = args.nodes as f64 * args.tasks_per_node_per_minute / 60.0;
-    let mut out = Published::default();
-    // The fleet's pseudonyms, `node-<uuid>` as today's monitor makes them.
-    let fleet = Fleet::new(args.nodes, 4242);
-    let node_id = |n: u64| fleet.node_id(n);
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let (mut next_node, mut minute) = (0u64, 0u64);
-    let mut id = 0u64;
-    let mut send = |subject: &'static str, body: String, out: &mut Published| {
-        id += 1;
-        out.events += 1;
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("load-{id}").as_str());
-        client.publish_with_headers(subject, headers, body.into())
-    };
-    loop {
-        tick.tick().await;
-        let elapsed = started.elapsed();
-        if elapsed >= total {
-            break;
-        }
-        let stamp = stamp_now();
-        // Node n heartbeats at n/N of every minute.
-        let due = ((elapsed.as_secs_f64() / 60.0 - minute as f64) * args.nodes as f64) as u64;
-        while next_node < due.min(args.nodes) {
-            let node = node_id(next_node);
-            let body = format!(
-                r#"{{"version":"1.0","type":"heartbeat","nodeId":"{node}","timestamp":"{stamp}","data":{{"status":"online","activeTasks":1,"totalTasks":1200,"totalInvoices":900,"activeTasksBucket":"1","totalTasksBucket":">1K","continentBucket":"{}","locationBucket":"{}.5,{}.5"}}}}"#,
-                ["AF", "AS", "EU", "NA", "OC", "SA"][(next_node % 6) as usize],
-                (next_node % 170) as i64 - 85,
-                (next_node % 350) as i64 - 175
-            );
-            send("truebit.heartbeat", body, &mut out).await.unwrap();
-            out.heartbeats += 1;
-            next_node += 1;
-        }
-        if next_node >= args.nodes && elapsed.as_secs_f64() >= (minute + 1) as f64 * 60.0 {
-            minute += 1;
-            next_node = 0;
-        }
-        let tasks_due = (elapsed.as_secs_f64() * task_rate) as u64;
-        while out.tasks < tasks_due {
-            let i = out.tasks;
-            let node = node_id(i * 7919 % args.nodes);
-            let task = hex(&Sha256::digest(format!("load-task-{i}")));
-            send("truebit.tasks.received", format!(
-                r#"{{"version":"1.0","type":"task_received","nodeId":"{node}","timestamp":"{stamp}","data":{{"chainId":"1","blockNumber":26000000,"blockHash":"0xab","taskHash":"0xcd","taskType":"wasm","taskIdHash":"{task}"}}}}"#
-            ), &mut out).await.unwrap();
-            send("truebit.tasks.completed", format!(
-                r#"{{"version":"1.0","type":"task_completed","nodeId":"{node}","timestamp":"{stamp}","data":{{"taskIdHash":"{task}","status":"completed","success":{},"executionTimeBucket":"1-5s","gasUsedBucket":"1M-10M","cached":{}}}}}"#,
-                i % 13 != 0,
-                i % 5 == 0
-            ), &mut out).await.unwrap();
-            if i % 10 < 6 {
-                let invoice = hex(&Sha256::digest(format!("load-invoice-{i}")));
-                send("truebit.invoices.created", format!(
-                    r#"{{"version":"1.0","type":"invoice_created","nodeId":"{node}","timestamp":"{stamp}","data":{{"invoiceIdHash":"{invoice}","taskIdHash":"{task}","chainId":"1","stepsComputedBucket":"1M-10M","memoryUsedBucket":"<64MB","operation":"compute"}}}}"#
-                ), &mut out).await.unwrap();
-                out.invoices += 1;
-            }
-            out.tasks += 1;
-        }
-    }
-    client.flush().await.unwrap();
-    out.seconds = started.elapsed().as_secs_f64();
-    out
-}
-
-/// The current time floored to 5 minutes, as today's monitor sends it.
-fn stamp_now() -> String {
-    let now = chrono::Utc::now().timestamp();
-    chrono::DateTime::from_timestamp(now - now.rem_euclid(300), 0)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -20,10 +20,11 @@
 //!
 //! It asserts nothing about speed or size; the goal is RSS under 64 MiB and a poll under 10 ms.
 
-use std::io::{BufRead as _, Write as _};
-use std::path::Path;
+use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use truebit_testkit::procfs::{dir_size, usage, Usage};
+use truebit_testkit::runner::{write_eventdb, write_log};
 use truebit_testkit::{NatsServer, Reaped};
 
 const BIN: &str = env!("CARGO_BIN_EXE_truebit-federation");
@@ -41,114 +42,6 @@ fn arg(name: &str, default: u64) -> u64 {
     default
 }
 
-fn exec_id(i: u64) -> String {
-    format!("00000000-0000-4000-8000-{i:012}")
-}
-
-/// The EventDB: N executions, streamed to disk.
-fn write_eventdb(path: &Path, n: u64, base_ms: i64) {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    f.write_all(b"{\"records\": [").unwrap();
-    for i in 0..n {
-        let exec = exec_id(i);
-        let ts = base_ms + i as i64 * 10;
-        if i > 0 {
-            f.write_all(b",").unwrap();
-        }
-        write!(
-            f,
-            r#"{{"messageId": "m{i}", "payload": {{"type": "task_created", "executionId": "{exec}", "timestamp": {ts}, "message": {{"taskId": "rs_{i:064}", "chainId": "43114", "blockHash": "0x{i:064x}"}}}}}},"#
-        )
-        .unwrap();
-        write!(
-            f,
-            r#"{{"type": "computed_outcome", "executionId": "{exec}"}}"#
-        )
-        .unwrap();
-        if i % 2 == 0 {
-            write!(
-                f,
-                r#",{{"type": "invoice", "executionId": "{exec}", "invoiceId": "{}", "taskCreated_timeStamp": {ts}, "lineItem": [{{"operation": "pay", "total_steps_computed": 5000000, "peak_memory_used": 1000}}]}}"#,
-                7_000_000 + i
-            )
-            .unwrap();
-        }
-    }
-    f.write_all(b"]}").unwrap();
-    f.flush().unwrap();
-}
-
-/// The debug log: the executions' entries, from the first on, until `bytes` are written.
-/// Returns how many executions it tells of.
-fn write_log(path: &Path, bytes: u64, base_s: i64) -> u64 {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let label = "@truebit/worker-runner-node-0x4159892b42de4d958e4c1ce1e0e59988a8d23d53:2.4.1";
-    let (mut written, mut i) = (0u64, 0u64);
-    while written < bytes {
-        let at =
-            chrono::DateTime::<chrono::Utc>::from_timestamp(base_s + (i / 100) as i64, 0).unwrap();
-        let ts = at.format("%Y-%m-%d %H:%M:%S");
-        let iso = at.format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        let exec = exec_id(i);
-        let text = format!(
-            "{ts} info: {label} [TaskCreatedSubscriber] Message received from task_created: {{\"messageId\":\"lm{i}\",\"payload\":{{\"type\":\"task_created\",\"executionId\":\"{exec}\",\"timestamp\":\"{iso}\",\"message\":{{\"taskId\":\"py_{i:064}\",\"chainId\":\"43113\"}}}}}}\n\
-             {ts} debug: {label} Command execution stdout: {{\"elapsed\":\"1843522917\",\"wasi\":{{\"exitCode\":0}},\"metering\":{{\"last\":{{\"steps\":6214530}},\"peak\":{{\"memory\":23068672}}}},\"execution\":{{\"prepare\":{{\"cached\":false}}}}}}\n\
-             {ts} info: {label} Execution {exec} completed\n"
-        );
-        f.write_all(text.as_bytes()).unwrap();
-        written += text.len() as u64;
-        i += 1;
-    }
-    f.flush().unwrap();
-    i
-}
-
-/// `(peak RSS in KiB, CPU time)` of a process, from /proc.
-fn usage(pid: u32) -> (u64, Duration) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (
-        hwm,
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64),
-    )
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 on Linux.
-fn clock_ticks() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
-fn dir_size(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 fn main() {
     let executions = arg("--executions", 1_000_000);
     let log_mib = arg("--log-mib", 2048);
@@ -161,8 +54,8 @@ fn main() {
     let base_s = chrono::Utc::now().timestamp() - 30 * 86_400;
 
     let started = Instant::now();
-    write_eventdb(&eventdb, executions, base_s * 1000);
-    let in_log = write_log(&logs.join("worker-runner-node.log"), log_mib << 20, base_s);
+    write_eventdb(&eventdb, executions, base_s * 1000).unwrap();
+    let in_log = write_log(&logs.join("worker-runner-node.log"), log_mib << 20, base_s).unwrap();
     println!(
         "built     EventDB of {executions} executions ({} MiB), log of {} MiB telling of {in_log}, in {:.1} s",
         std::fs::metadata(&eventdb).unwrap().len() >> 20,
@@ -211,11 +104,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     };
     // The sweep after the read-through, then quiet: two windows of 2 s with little CPU.
-    let mut last = usage(pid).1;
+    let mut last = usage(pid).cpu;
     let mut quiet = 0;
     while quiet < 2 {
         std::thread::sleep(Duration::from_secs(2));
-        let now = usage(pid).1;
+        let now = usage(pid).cpu;
         quiet = if now - last < Duration::from_millis(200) {
             quiet + 1
         } else {
@@ -225,9 +118,13 @@ fn main() {
     }
     let settled = started.elapsed();
     let polls = 20;
-    let (_, before) = usage(pid);
+    let before = usage(pid).cpu;
     std::thread::sleep(Duration::from_millis(poll_ms * polls));
-    let (peak_kib, after) = usage(pid);
+    let Usage {
+        peak_kib,
+        cpu: after,
+        ..
+    } = usage(pid);
     println!(
         "read      through in {:.1} s, settled in {:.1} s; state directory {} MiB",
         through.as_secs_f64(),
@@ -245,15 +142,15 @@ fn main() {
 
     // The runner adds an execution: it rewrites the EventDB whole.
     let tmp = runner.join("eventDB.tmp");
-    write_eventdb(&tmp, executions + 1, base_s * 1000);
-    let (_, before) = usage(pid);
+    write_eventdb(&tmp, executions + 1, base_s * 1000).unwrap();
+    let before = usage(pid).cpu;
     let started = Instant::now();
     std::fs::rename(&tmp, &eventdb).unwrap();
     let mut last = before;
     let mut quiet = 0;
     while quiet < 2 {
         std::thread::sleep(Duration::from_secs(1));
-        let now = usage(pid).1;
+        let now = usage(pid).cpu;
         quiet = if now - last < Duration::from_millis(100) {
             quiet + 1
         } else {
@@ -261,7 +158,11 @@ fn main() {
         };
         last = now;
     }
-    let (peak_kib, after) = usage(pid);
+    let Usage {
+        peak_kib,
+        cpu: after,
+        ..
+    } = usage(pid);
     println!(
         "rewrite   of the EventDB with one execution more: {:.1} s of CPU, quiet again after {:.1} s; peak RSS now {:.1} MiB",
         (after - before).as_secs_f64(),

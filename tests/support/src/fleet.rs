@@ -269,7 +269,7 @@ fn location(lat_tenths: i64, lon_tenths: i64) -> String {
     format!("{},{}", part(lat_tenths), part(lon_tenths))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

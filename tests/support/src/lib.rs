@@ -1,6 +1,7 @@
 //! Test and benchmark support for truebit-federation: real `nats-server` processes, a TCP proxy
 //! that can hold a connection open but silent, a simulated fleet of nodes with the counts it
-//! expects, and the fixtures in `tests/fixtures/`.
+//! expects (all at once, or at real-time rate), a runner node's files, what a process uses, and
+//! the fixtures in `tests/fixtures/`.
 //!
 //! ```no_run
 //! let server = truebit_testkit::NatsServer::start();
@@ -9,14 +10,18 @@
 
 mod cluster;
 mod fleet;
+pub mod procfs;
 mod proxy;
 mod publish;
+mod realtime;
+pub mod runner;
 mod server;
 
 pub use cluster::NatsCluster;
 pub use fleet::{Expected, Fleet, Simulated};
 pub use proxy::TcpProxy;
 pub use publish::{publish_all, publish_all_with_headers};
+pub use realtime::{publish_realtime, Load, Published};
 pub use server::{
     nats_server_binary, signal, NatsServer, Reaped, SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM,
 };
