@@ -70,7 +70,7 @@ mod writer;
 pub use batch::{Applied, Outbox, ADMISSION_OUTCOMES};
 pub use error::Error;
 pub use history::{Point, Step};
-pub use input::{inputs, verifiers, Input, Refusal, Stored};
+pub use input::{inputs, Checks, Input, Refusal, Stored};
 pub use outbox::PendingDeadLetter;
 pub use runs::DEFAULT_RUN_LEN;
 pub use store::{Options, Projections, CACHE_BYTES};

@@ -217,6 +217,7 @@ impl Projections {
                 }
             }
             applied.last_seq = w.last_seq;
+            applied.mode = w.mode();
             for (slot, outcome) in applied.admission.iter_mut().zip(crate::ADMISSION_OUTCOMES) {
                 *slot = w.admission_checked(outcome);
             }

@@ -14,7 +14,7 @@ use redb::{ReadableTable, Table};
 use std::collections::HashMap;
 use truebit_streams::{
     subjects, DeadLetter, Digest, Event, EventKind, Minute, Mode, Operator, OperatorKind,
-    PublicKey, Reason, Rejection,
+    PublicKey, Reason, Rejection, Verifier,
 };
 
 /// One batch's write transaction, with a write-behind overlay of the records it touches.
@@ -56,6 +56,8 @@ pub(crate) struct Writer<'t, 'l> {
     root: Option<PublicKey>,
     operator_messages: u64,
     outbox_mode: Outbox,
+    /// Checks the signatures the reader left to the fold ([`crate::Checks`]).
+    verifier: Verifier,
 }
 
 /// A record as the table held it before the batch, and as the batch has folded it so far, with
@@ -187,6 +189,7 @@ impl<'t, 'l> Writer<'t, 'l> {
             root,
             operator_messages,
             outbox_mode,
+            verifier: Verifier::new(),
         })
     }
 
@@ -241,6 +244,11 @@ impl<'t, 'l> Writer<'t, 'l> {
         })
     }
 
+    /// The admission mode as folded so far.
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// Node messages this batch checked with `outcome` so far.
     pub(crate) fn admission_checked(&self, outcome: &str) -> u64 {
         self.admission.get(outcome).copied().unwrap_or(0)
@@ -260,20 +268,17 @@ impl<'t, 'l> Writer<'t, 'l> {
     /// A node's message: admitted or not by the registry (contract §7), then folded if admitted.
     pub(crate) fn node_message(&mut self, input: &Input, event: &Event) -> Result<(), Error> {
         if self.mode != Mode::Open {
-            let verdict = match input.signer.key() {
+            let signer = input.signer(&mut self.verifier);
+            let verdict = match signer.key() {
                 Some(key) => {
                     let stored = self.key(key.as_str())?;
                     let mut record = stored.now.take();
-                    let verdict = admit(
-                        &input.signer,
-                        record.as_mut(),
-                        &event.node_id,
-                        input.stored_minute,
-                    );
+                    let verdict =
+                        admit(signer, record.as_mut(), &event.node_id, input.stored_minute);
                     stored.now = record;
                     verdict
                 }
-                None => admit(&input.signer, None, &event.node_id, input.stored_minute),
+                None => admit(signer, None, &event.node_id, input.stored_minute),
             };
             *self.admission.entry(verdict.outcome()).or_default() += 1;
             if let (Mode::Enforce, Verdict::Refused(reason, detail)) = (self.mode, verdict) {
@@ -297,7 +302,8 @@ impl<'t, 'l> Writer<'t, 'l> {
     /// An operator's event: it changes the registry if an admin key signed it, in every mode.
     pub(crate) fn operator(&mut self, input: &Input, op: &Operator) -> Result<(), Error> {
         self.operator_messages += 1;
-        let signer_record = match input.signer.key() {
+        let signer = input.signer(&mut self.verifier);
+        let signer_record = match signer.key() {
             Some(key) => self.key(key.as_str())?.now.clone(),
             None => None,
         };
@@ -306,9 +312,8 @@ impl<'t, 'l> Writer<'t, 'l> {
             Some(at) => Some(*at),
             None => self.operator_clock.get(target.as_str())?.map(|v| v.value()),
         };
-        if let Err(detail) =
-            authorize_operator(&input.signer, self.root.as_ref(), signer_record.as_ref())
-                .and_then(|()| in_order(op, last_applied))
+        if let Err(detail) = authorize_operator(signer, self.root.as_ref(), signer_record.as_ref())
+            .and_then(|()| in_order(op, last_applied))
         {
             let dead_letter = (self.outbox_mode == Outbox::Record).then(|| {
                 let rejection = Rejection::new(Reason::Unauthorized, detail);

@@ -5,10 +5,10 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use truebit_projections::{Input, Outbox, Projections};
+use truebit_projections::{Checks, Input, Outbox, Projections, Stored};
 use truebit_streams::{
-    Event, EventKind, Heartbeat, KeyGrant, Message, Minute, Mode, Operator, OperatorKind,
-    Permissions, PublicKey, Signer, SigningKey,
+    operator_payload, Event, EventKind, Heartbeat, KeyGrant, Message, Minute, Mode, Operator,
+    OperatorKind, Permissions, PublicKey, Signer, SigningKey,
 };
 
 const T0: Minute = 29_000_000;
@@ -80,12 +80,7 @@ impl Net {
 
     fn input(&mut self, signer: Signer, message: Message, stored: Minute) -> Input {
         self.seq += 1;
-        Input {
-            seq: self.seq,
-            stored_minute: stored,
-            signer,
-            event: Ok(message),
-        }
+        Input::new(self.seq, stored, signer, Ok(message))
     }
 
     fn fold(&mut self, signer: Signer, message: Message, stored: Minute) -> u64 {
@@ -351,12 +346,12 @@ fn the_root_key_is_bound_once_an_operator_event_was_read() {
     db.bind_admin_key(Some(&a)).unwrap();
     db.bind_admin_key(Some(&a)).unwrap();
     db.apply(
-        &[Input {
-            seq: 1,
-            stored_minute: T0,
-            signer: Signer::Unsigned,
-            event: Ok(operator(OperatorKind::AdmissionSet { mode: Mode::Audit })),
-        }],
+        &[Input::new(
+            1,
+            T0,
+            Signer::Unsigned,
+            Ok(operator(OperatorKind::AdmissionSet { mode: Mode::Audit })),
+        )],
         Outbox::Record,
     )
     .unwrap();
@@ -574,12 +569,7 @@ fn inputs(steps: &[Step], keys: &[PublicKey]) -> Vec<Input> {
             if matches!(message, Message::Operator(_)) {
                 last_operator = Some((signer.clone(), message.clone()));
             }
-            Input {
-                seq: i as u64 + 1,
-                stored_minute: stored,
-                signer,
-                event: Ok(message),
-            }
+            Input::new(i as u64 + 1, stored, signer, Ok(message))
         })
         .collect()
 }
@@ -626,5 +616,201 @@ proptest! {
         prop_assert_eq!(one.differences(&batched, 10).unwrap(), Vec::<String>::new());
         prop_assert_eq!(outbox(&one), outbox(&batched));
         prop_assert_eq!(one.admission_counts().unwrap(), batched.admission_counts().unwrap());
+    }
+}
+
+/// [`step`], with most operator events signed by the root key, so that keys get issued and the
+/// mode changes often enough for the admission rules to see signed messages.
+fn rooted_step() -> impl Strategy<Value = Step> {
+    let by = || prop_oneof![3 => Just(4usize), 1 => 0usize..6];
+    prop_oneof![
+        2 => (0usize..4, proptest::option::of(0usize..2), any::<bool>(), any::<bool>(), 1u32..4, by())
+            .prop_map(|(key, bound, publish, admin, rate, by)| Step::Issue { key, bound, publish, admin, rate, by }),
+        1 => (0usize..4, by()).prop_map(|(key, by)| Step::Revoke { key, by }),
+        1 => (0usize..3, by()).prop_map(|(mode, by)| Step::Mode { mode, by }),
+        1 => Just(Step::Again),
+        8 => (0usize..6, proptest::bool::weighted(0.1), 0usize..2, prop_oneof![4 => Just(0i64), 1 => 1i64..3])
+            .prop_map(|(signer, forged, node, later)| Step::Message { signer, forged, node, later }),
+    ]
+}
+
+/// The steps as the stream would store them: real payloads, signed by real keys (or forged: a
+/// signature over other bytes), so that reading them checks real signatures. Keys 0–3 may be
+/// issued, 4 is the root, 5 never signs.
+fn stored(steps: &[Step], keys: &[SigningKey]) -> Vec<Stored> {
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap();
+    let mut minute = T0;
+    let mut last_operator: Option<Stored> = None;
+    let mut out = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let (by, forged, subject, payload, time) = match step {
+            Step::Again => match &last_operator {
+                // The same bytes and headers, stored again.
+                Some(copy) => {
+                    out.push(Stored {
+                        seq,
+                        ..copy.clone()
+                    });
+                    continue;
+                }
+                None => (
+                    5,
+                    false,
+                    "truebit.heartbeat",
+                    heartbeat_at("node-a", minute),
+                    at(minute * 60_000),
+                ),
+            },
+            Step::Message {
+                signer,
+                forged,
+                node,
+                later,
+            } => {
+                minute += later;
+                let payload = heartbeat_at(["node-a", "node-b"][*node], minute);
+                (
+                    *signer,
+                    *forged,
+                    "truebit.heartbeat",
+                    payload,
+                    at(minute * 60_000),
+                )
+            }
+            Step::Issue {
+                key,
+                bound,
+                publish,
+                admin,
+                rate,
+                by,
+            } => {
+                let kind = grant(
+                    keys[*key].public_key(),
+                    bound.map(|n| ["node-a", "node-b"][n]),
+                    *publish,
+                    *admin,
+                    *rate,
+                );
+                operator_stored(*by, kind)
+            }
+            Step::Revoke { key, by } => operator_stored(
+                *by,
+                OperatorKind::KeyRevoked {
+                    key: keys[*key].public_key().clone(),
+                    reason: None,
+                },
+            ),
+            Step::Mode { mode, by } => operator_stored(
+                *by,
+                OperatorKind::AdmissionSet {
+                    mode: Mode::ALL[*mode],
+                },
+            ),
+        };
+        let headers = (by != 5).then(|| {
+            let signed_bytes = if forged {
+                [&payload[..], b" "].concat()
+            } else {
+                payload.clone()
+            };
+            keys[by].sign(subject, &signed_bytes)
+        });
+        let message = Stored::new(seq, subject.into(), payload.into(), time, |name| {
+            headers
+                .as_ref()?
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        });
+        if subject == truebit_streams::subjects::ADMIN_KEYS {
+            last_operator = Some(message.clone());
+        }
+        out.push(message);
+    }
+    out
+}
+
+fn heartbeat_at(node: &str, minute: Minute) -> Vec<u8> {
+    Event {
+        node_id: node.into(),
+        minute,
+        kind: EventKind::HeartbeatReported(Heartbeat::default()),
+    }
+    .payload()
+}
+
+/// An operator event as `keys` writes it, a millisecond after the one before, stored at once.
+fn operator_stored(
+    by: usize,
+    kind: OperatorKind,
+) -> (
+    usize,
+    bool,
+    &'static str,
+    Vec<u8>,
+    chrono::DateTime<chrono::Utc>,
+) {
+    static CLOCK: AtomicI64 = AtomicI64::new(T0 * 60_000 + 30_000);
+    let at =
+        chrono::DateTime::from_timestamp_millis(CLOCK.fetch_add(1, Ordering::Relaxed)).unwrap();
+    (
+        by,
+        false,
+        truebit_streams::subjects::ADMIN_KEYS,
+        operator_payload(&kind, at),
+        at,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Contract §7, checked only where the fold needs it: the same stored messages, read with
+    /// every signature checked ahead one message at a time, read in random batches with the
+    /// guess serve and replay make (the mode the last commit left), and read with no node
+    /// message's signature checked ahead (the fold checks what it asks for), give the same
+    /// registry, counts and dead letters, across changes of mode inside a batch.
+    #[test]
+    fn checking_signatures_only_when_asked_decides_as_checking_all_ahead(
+        steps in proptest::collection::vec(rooted_step(), 1..100),
+        cuts in proptest::collection::vec(1usize..300, 1..10),
+    ) {
+        let keys: Vec<SigningKey> = (0..6).map(|_| SigningKey::generate()).collect();
+        let messages = stored(&steps, &keys);
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let db = Projections::open(dir.path().join(name)).unwrap();
+            db.bind_admin_key(Some(keys[4].public_key())).unwrap();
+            db
+        };
+        let one = open("one.redb");
+        for m in &messages {
+            let read = truebit_projections::inputs(vec![m.clone()], Checks::Ahead);
+            // Every heartbeat reads: the test is about signatures, not about validation.
+            if m.subject == "truebit.heartbeat" {
+                prop_assert!(read[0].event.is_ok(), "{:?}", read[0].event);
+            }
+            one.apply(&read, Outbox::Record).unwrap();
+        }
+        for guess in ["the last commit's mode", "never ahead"] {
+            let batched = open(&format!("{guess}.redb"));
+            let mut checks = Checks::WhenAsked;
+            let mut rest = &messages[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                let applied = batched.apply(&truebit_projections::inputs(rest[..n].to_vec(), checks), Outbox::Record).unwrap();
+                if guess == "the last commit's mode" {
+                    checks = Checks::after(applied.mode);
+                }
+                rest = &rest[n..];
+                i += 1;
+            }
+            prop_assert_eq!(one.differences(&batched, 10).unwrap(), Vec::<String>::new(), "{}", guess);
+            prop_assert_eq!(outbox(&one), outbox(&batched), "{}", guess);
+            prop_assert_eq!(one.admission_counts().unwrap(), batched.admission_counts().unwrap(), "{}", guess);
+        }
     }
 }

@@ -30,7 +30,7 @@ use truebit_streams::names::{checkpoint_name, checkpoint_seq, CHECKPOINT_BUCKET,
 use truebit_streams::PublicKey;
 
 use truebit_projections::task::{blocking, joined};
-use truebit_projections::{inputs, verifiers, Stored};
+use truebit_projections::{inputs, Checks, Stored};
 
 /// Messages folded per database transaction during a rebuild: large, because a commit's cost
 /// grows with the pages it touches far more slowly than with the events it holds.
@@ -213,13 +213,11 @@ pub async fn rebuild(
     // Reading and validating the next batch overlaps with committing the previous one: a
     // rebuild costs the slower of the two stages, not their sum.
     let mut batch: Vec<Stored> = Vec::with_capacity(BATCH);
-    // Handed to each commit's blocking task, which reads the batch on every core, and back.
-    let mut verifiers = Some(verifiers());
-    type Committed = (
-        Result<Applied, truebit_projections::Error>,
-        Vec<truebit_streams::Verifier>,
-    );
-    let mut committing: Option<tokio::task::JoinHandle<Committed>> = None;
+    // The guess for a batch comes from the commit before the one in flight while it is read:
+    // a batch read just after a change of mode may check more or fewer signatures ahead than
+    // it needs, which costs time, never a different result (see `Checks`).
+    let mut checks = Checks::after(db.admission_mode()?);
+    let mut committing: Option<tokio::task::JoinHandle<Result<Applied, _>>> = None;
     let mut done = false;
     while !done {
         let msg = match messages.next().await {
@@ -248,24 +246,24 @@ pub async fn rebuild(
             ));
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
-            if let Some(previous) = committing.take() {
-                let (applied, returned) = joined(previous).await;
-                verifiers = Some(returned);
-                rebuilt.record(applied?, target, &mut progress);
-            }
             let stored = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            let mut checking = verifiers.take().expect("returned by the previous commit");
+            // Read while the previous batch commits, as serve's receiver reads ahead.
+            let reading = tokio::task::spawn_blocking(move || inputs(stored, checks));
+            if let Some(previous) = committing.take() {
+                let applied = joined(previous).await?;
+                checks = Checks::after(applied.mode);
+                rebuilt.record(applied, target, &mut progress);
+            }
+            let read = joined(reading).await;
             let db = db.clone();
             // A replay counts refusals; it never publishes their dead letters.
             committing = Some(tokio::task::spawn_blocking(move || {
-                let read = inputs(&stored, &mut checking);
-                (db.apply(&read, Outbox::Skip), checking)
+                db.apply(&read, Outbox::Skip)
             }));
         }
     }
     if let Some(last) = committing {
-        let (applied, _) = joined(last).await;
-        rebuilt.record(applied?, target, &mut progress);
+        rebuilt.record(joined(last).await?, target, &mut progress);
     }
     rebuilt.seconds = started.elapsed().as_secs_f64();
     Ok(rebuilt)

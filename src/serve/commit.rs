@@ -8,7 +8,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use truebit_projections::task::blocking;
-use truebit_projections::{Input, Outbox, Projections};
+use truebit_projections::{Checks, Input, Outbox, Projections};
 
 /// The most messages one commit folds, when that many have queued up.
 pub(crate) const COMMIT_MAX: usize = 32_768;
@@ -30,6 +30,7 @@ pub(crate) async fn commit(
     ack_mode: AckMode,
     mut ready: mpsc::Receiver<Ready>,
     applied: watch::Sender<u64>,
+    checks: watch::Sender<Checks>,
     metrics: Arc<Metrics>,
 ) -> Result<(), Error> {
     // One buffer for every commit, handed to the fold and back: a new one of 32,768 inputs per
@@ -62,6 +63,7 @@ pub(crate) async fn commit(
             inputs = emptied;
             metrics.committed(&done, took.as_secs_f64());
             applied.send_replace(done.last_seq);
+            checks.send_replace(Checks::after(done.mode));
         }
         match ack_mode {
             AckMode::Explicit => {

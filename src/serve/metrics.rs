@@ -268,6 +268,7 @@ mod tests {
                 skipped: 0,
                 last_seq: 42,
                 admission: [4, 2, 1],
+                mode: truebit_streams::Mode::Audit,
             },
             0.003,
         );

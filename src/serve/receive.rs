@@ -9,11 +9,10 @@ use crate::Error;
 use async_nats::jetstream::{self, consumer::PullConsumer, stream::Stream};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use truebit_projections::task::joined;
-use truebit_projections::{inputs, Stored};
-use truebit_streams::Verifier;
+use truebit_projections::{inputs, Checks, Stored};
 
 /// How long a batch waits to fill before it is handed on as it is.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
@@ -27,8 +26,8 @@ type Batches = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Vec<Delivery>> 
 pub(crate) struct Receiver {
     pub events: Stream,
     pub order: Order,
-    /// One per core: a batch's signatures are checked on all of them at once.
-    pub verifiers: Vec<Verifier>,
+    /// Whether the next batch's signatures are checked ahead: the guess the last commit left.
+    pub checks: watch::Receiver<Checks>,
     pub stop: Shutdown,
 }
 
@@ -119,12 +118,8 @@ impl Receiver {
         self.order.advance(&plan);
 
         // Off the async worker: reading a batch of signed messages is milliseconds of CPU.
-        let mut verifiers = std::mem::take(&mut self.verifiers);
-        let (inputs, verifiers) = joined(tokio::task::spawn_blocking(move || {
-            (inputs(&stored, &mut verifiers), verifiers)
-        }))
-        .await;
-        self.verifiers = verifiers;
+        let checks = *self.checks.borrow();
+        let inputs = joined(tokio::task::spawn_blocking(move || inputs(stored, checks))).await;
         if tracing::enabled!(tracing::Level::DEBUG) {
             for input in &inputs {
                 if let Err(refusal) = &input.event {

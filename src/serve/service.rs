@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use truebit_projections::Checks;
 use truebit_projections::Projections;
 use truebit_streams::names::DEFAULT_INSTANCE;
 
@@ -143,11 +144,12 @@ impl Service {
         // with the load: small and prompt when the stream is quiet, large and cheap per event in
         // a burst.
         let (applied_tx, applied_rx) = watch::channel(applied);
+        let (checks_tx, checks) = watch::channel(Checks::after(db.admission_mode()?));
         let (ready_tx, ready_rx) = mpsc::channel(QUEUED_BATCHES);
         let receiver = Receiver {
             events: topology.events.clone(),
             order: Order::new(applied),
-            verifiers: truebit_projections::verifiers(),
+            checks,
             stop: shutdown.clone(),
         };
         let lag = tokio::spawn(lag::watch(
@@ -166,6 +168,7 @@ impl Service {
             config.ack_mode,
             ready_rx,
             applied_tx,
+            checks_tx,
             metrics.clone(),
         ));
         let (dlq_read_tx, dlq_read) = dead_letters::follower(&identity, created);

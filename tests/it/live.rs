@@ -736,17 +736,17 @@ async fn no_dead_letter_is_sent_for_a_message_stored_longer_ago_than_the_dlq_kee
             .unwrap_err();
         let month_ago = chrono::Utc::now() - chrono::Duration::days(31);
         db.apply(
-            &[truebit_projections::Input {
-                seq: old,
-                stored_minute: month_ago.timestamp().div_euclid(60),
-                signer: truebit_streams::Signer::Unsigned,
-                event: Err(truebit_projections::Refusal::dead_lettered(
+            &[truebit_projections::Input::new(
+                old,
+                month_ago.timestamp().div_euclid(60),
+                truebit_streams::Signer::Unsigned,
+                Err(truebit_projections::Refusal::dead_lettered(
                     &rejection,
                     "truebit.heartbeat",
                     old,
                     b"{old",
                 )),
-            }],
+            )],
             truebit_projections::Outbox::Record,
         )
         .unwrap();
