@@ -14,12 +14,23 @@
 //!
 //! `--events 32000000` folds ten million tasks: about 15 GB of stream and 25 minutes here.
 //!
+//! `--table` prints the figures of the performance goals as one Markdown table, with the date
+//! and the commit: an unsigned stream of `--events` (raw, `serve`, `replay`, peak RSS), the same
+//! fleet signed (`serve` in `open` and in `enforce`), then an unsigned stream of `--big-events`
+//! (default 32,000,000, ten million tasks; 0 skips it). `--store DIR` keeps that large stream's
+//! nats-server store, and a later run with the same `--store` measures it again without filling
+//! it (the fill is a quarter of the time).
+//!
+//! `PIPELINE_BIN=PATH` measures another build of the binary (an older commit, say) over the same
+//! streams; `PIPELINE_PERF=DIR` records a CPU profile of each `serve` catch-up (Debian's
+//! `linux-perf`) and prints its top frames.
+//!
 //! `--signed` makes every node sign every message with a key of its own (contract §7), issued
 //! and bound to its nodeId by operator events at the head of the stream, which then switch the
 //! network to `enforce`. `serve` folds that stream twice: with the `ADMIN_KEY` that signed the
 //! operator events (every message checked against the registry, in `enforce`), and with another
-//! one (the operator events are refused, so the network stays `open`: signatures are still
-//! checked ahead of the fold, the registry is not asked).
+//! one (the operator events are refused, so the network stays `open`: no node message's
+//! signature is asked for).
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use futures::StreamExt;
@@ -62,6 +73,11 @@ struct Args {
     events: u64,
     signed: bool,
     cluster: bool,
+    table: bool,
+    /// Events of the large run of `--table`; 0 skips it.
+    big_events: u64,
+    /// Where `--table` keeps the large run's stream, so that a second table run reuses it.
+    store: Option<std::path::PathBuf>,
 }
 
 fn args() -> Args {
@@ -69,31 +85,49 @@ fn args() -> Args {
         events: 500_000,
         signed: false,
         cluster: false,
+        table: false,
+        big_events: 32_000_000,
+        store: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
-                .and_then(|v| v.replace('_', "").parse().ok())
-                .expect("a number after the flag")
+                .unwrap_or_else(|| panic!("a value after {flag}"))
+                .replace('_', "")
         };
-        // cargo bench passes --bench too
-        if flag == "--events" {
-            a.events = value();
-        }
-        if flag == "--signed" {
-            a.signed = true;
-        }
-        if flag == "--cluster" {
-            a.cluster = true;
+        let number = |v: String| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--events" => a.events = number(value()),
+            "--big-events" => a.big_events = number(value()),
+            "--store" => a.store = Some(value().into()),
+            "--signed" => a.signed = true,
+            "--cluster" => a.cluster = true,
+            "--table" => a.table = true,
+            _ => {} // cargo bench passes --bench too
         }
     }
     a
 }
 
+/// The binary measured: this build's, or `PIPELINE_BIN` to measure another build of it over
+/// the same streams (an older commit, say).
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("PIPELINE_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_truebit-federation").into())
+}
+
 fn main() {
     let args = args();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    if args.table {
+        table(&rt, &args);
+        return;
+    }
     // One server, or a three-server cluster with every stream on all three (REPLICAS=3).
     let (_single, _cluster, url, replicas) = if args.cluster {
         let cluster = NatsCluster::start(3);
@@ -109,107 +143,316 @@ fn main() {
     if args.cluster {
         println!("cluster    three nats-servers on 127.0.0.1, REPLICAS=3");
     }
-    let fleet = Fleet::new(1000, 2026);
-    let tasks = (args.events as f64 / EVENTS_PER_TASK) as u64;
+    if args.signed {
+        signed_run(&rt, &server, args.events);
+    } else {
+        unsigned_run(&rt, &server, args.events, Extras::All);
+    }
+}
 
-    let keys = args.signed.then(|| Keys::new(fleet.nodes));
-    let (events, publish_secs, bytes) = rt.block_on(fill(&server, &fleet, tasks, keys.as_ref()));
+/// A stream of the simulated fleet for `events` events, in the server; its message count.
+fn filled(rt: &tokio::runtime::Runtime, server: &Target, events: u64, keys: Option<&Keys>) -> u64 {
+    let fleet = Fleet::new(1000, 2026);
+    let tasks = (events as f64 / EVENTS_PER_TASK) as u64;
+    let (events, publish_secs, bytes) = rt.block_on(fill(server, &fleet, tasks, keys));
     println!(
         "stream     {events} events ({:.0} bytes each) for {tasks} tasks from {} nodes, published in {publish_secs:.1} s{}",
         bytes as f64 / events as f64,
         fleet.nodes,
-        if args.signed { ", every message signed, enforce" } else { "" }
+        if keys.is_some() { ", every message signed, enforce" } else { "" }
     );
+    events
+}
 
-    let raw = rt.block_on(raw_consume(&server, events, AckPolicy::All));
+/// The raw consume rate, one ack per 1,000 messages: the yardstick of every ratio.
+fn raw(rt: &tokio::runtime::Runtime, server: &Target, events: u64) -> f64 {
+    let raw = rt.block_on(raw_consume(server, events, AckPolicy::All));
     println!("raw        {raw:>9.0} events/s  (pull consumer, one ack per 1000-message batch)");
-    let raw_explicit = rt.block_on(raw_consume(&server, events, AckPolicy::Explicit));
-    println!(
-        "raw        {raw_explicit:>9.0} events/s  (pull consumer, one ack per message: {:.2} x raw)",
-        raw_explicit / raw
-    );
+    raw
+}
 
+/// What a signed run measured.
+struct Signed {
+    raw: f64,
+    open: f64,
+    enforce: f64,
+    enforce_rss_kib: u64,
+}
+
+/// Every message signed: `serve` in `open` (another ADMIN_KEY refuses the operator events) and
+/// in `enforce`.
+fn signed_run(rt: &tokio::runtime::Runtime, server: &Target, events: u64) -> Signed {
+    let keys = Keys::new(1000);
+    let events = filled(rt, server, events, Some(&keys));
+    let raw = raw(rt, server, events);
     let dir = tempfile::tempdir().unwrap();
-    if let Some(keys) = &keys {
-        let open_path = dir.path().join("open.redb");
-        let stranger = truebit_streams::SigningKey::generate();
-        let env = [("ADMIN_KEY", stranger.public_key().to_string())];
-        let (fold, rss_kib) = serve_catch_up(&server, events, &open_path, "all", &env);
-        println!(
-            "serve      {:>9.0} events/s  catch-up fold, signed stream left open (another ADMIN_KEY), {:.2} x raw; peak RSS {:.1} MiB",
-            fold,
-            fold / raw,
-            rss_kib as f64 / 1024.0
-        );
-        std::fs::remove_file(&open_path).unwrap();
-        let enforce_path = dir.path().join("enforce.redb");
-        let env = [("ADMIN_KEY", keys.root.public_key().to_string())];
-        let (fold, rss_kib) = serve_catch_up(&server, events, &enforce_path, "all", &env);
-        println!(
-            "serve      {:>9.0} events/s  catch-up fold, signed stream in enforce, {:.2} x raw; peak RSS {:.1} MiB",
-            fold,
-            fold / raw,
-            rss_kib as f64 / 1024.0
-        );
-        let db = Projections::open_existing(&enforce_path).unwrap();
-        let checked = db.admission_counts().unwrap();
-        assert!(
-            db.rejections().unwrap().is_empty() && checked.len() == 1,
-            "every signed message admitted: {checked:?}, refused {:?}",
-            db.rejections().unwrap()
-        );
-        println!("admission  {checked:?}");
-        return;
+    let open_path = dir.path().join("open.redb");
+    let stranger = truebit_streams::SigningKey::generate();
+    let env = [("ADMIN_KEY", stranger.public_key().to_string())];
+    let (open, rss_kib) = serve_catch_up(server, events, &open_path, "all", &env);
+    println!(
+        "serve      {:>9.0} events/s  catch-up fold, signed stream left open (another ADMIN_KEY), {:.2} x raw; peak RSS {:.1} MiB",
+        open,
+        open / raw,
+        rss_kib as f64 / 1024.0
+    );
+    std::fs::remove_file(&open_path).unwrap();
+    let enforce_path = dir.path().join("enforce.redb");
+    let env = [("ADMIN_KEY", keys.root.public_key().to_string())];
+    let (enforce, enforce_rss_kib) = serve_catch_up(server, events, &enforce_path, "all", &env);
+    println!(
+        "serve      {:>9.0} events/s  catch-up fold, signed stream in enforce, {:.2} x raw; peak RSS {:.1} MiB",
+        enforce,
+        enforce / raw,
+        enforce_rss_kib as f64 / 1024.0
+    );
+    let db = Projections::open_existing(&enforce_path).unwrap();
+    let checked = db.admission_counts().unwrap();
+    assert!(
+        db.rejections().unwrap().is_empty() && checked.len() == 1,
+        "every signed message admitted: {checked:?}, refused {:?}",
+        db.rejections().unwrap()
+    );
+    println!("admission  {checked:?}");
+    Signed {
+        raw,
+        open,
+        enforce,
+        enforce_rss_kib,
     }
-    let explicit_path = dir.path().join("explicit.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &explicit_path, "explicit", &[]);
-    println!(
-        "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=explicit, {:.2} x raw, {:.2} x raw with one ack per message; peak RSS {:.1} MiB",
-        fold,
-        fold / raw,
-        fold / raw_explicit,
-        rss_kib as f64 / 1024.0
-    );
-    std::fs::remove_file(&explicit_path).unwrap();
+}
+
+/// What an unsigned run measures besides `serve` with `ACK_POLICY=all` and `replay`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extras {
+    /// One ack per message, raw and `serve`; the database's size, a snapshot, a checkpoint.
+    All,
+    None,
+}
+
+/// What an unsigned run measured.
+struct Unsigned {
+    raw: f64,
+    serve: f64,
+    serve_rss_kib: u64,
+    replay: f64,
+}
+
+fn unsigned_run(
+    rt: &tokio::runtime::Runtime,
+    server: &Target,
+    events: u64,
+    extras: Extras,
+) -> Unsigned {
+    let events = filled(rt, server, events, None);
+    unsigned_measures(rt, server, events, extras)
+}
+
+fn unsigned_measures(
+    rt: &tokio::runtime::Runtime,
+    server: &Target,
+    events: u64,
+    extras: Extras,
+) -> Unsigned {
+    let raw = raw(rt, server, events);
+    let dir = tempfile::tempdir().unwrap();
+    if extras == Extras::All {
+        let raw_explicit = rt.block_on(raw_consume(server, events, AckPolicy::Explicit));
+        println!(
+            "raw        {raw_explicit:>9.0} events/s  (pull consumer, one ack per message: {:.2} x raw)",
+            raw_explicit / raw
+        );
+        let explicit_path = dir.path().join("explicit.redb");
+        let (fold, rss_kib) = serve_catch_up(server, events, &explicit_path, "explicit", &[]);
+        println!(
+            "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=explicit, {:.2} x raw, {:.2} x raw with one ack per message; peak RSS {:.1} MiB",
+            fold,
+            fold / raw,
+            fold / raw_explicit,
+            rss_kib as f64 / 1024.0
+        );
+        std::fs::remove_file(&explicit_path).unwrap();
+    }
     let db_path = dir.path().join("bench.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path, "all", &[]);
+    let (serve, serve_rss_kib) = serve_catch_up(server, events, &db_path, "all", &[]);
     println!(
-        "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=all, {:.2} x raw, {:.2} x raw with one ack per message",
-        fold,
-        fold / raw,
-        fold / raw_explicit
+        "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=all, {:.2} x raw",
+        serve,
+        serve / raw,
     );
     println!(
-        "serve RSS  {:>9.1} MiB peak (VmHWM) with {tasks} tasks folded, ACK_POLICY=all",
-        rss_kib as f64 / 1024.0
+        "serve RSS  {:>9.1} MiB peak (VmHWM), ACK_POLICY=all",
+        serve_rss_kib as f64 / 1024.0
     );
 
-    let replay = replay_rate(&server, events);
+    let replay = replay_rate(server, events);
     println!(
         "replay     {:>9.0} events/s  rebuild, {:.2} x raw",
         replay,
         replay / raw
     );
 
-    let db = Projections::open_existing(&db_path).unwrap();
-    let (held, _, _) = db.record_counts().unwrap();
-    let size = std::fs::metadata(&db_path).unwrap().len();
-    println!(
-        "database   {:>9.1} MiB for {held} tasks: {:.0} bytes per task",
-        size as f64 / (1 << 20) as f64,
-        size as f64 / held as f64
-    );
-    let (per_snapshot, checkpoint) = rt.block_on(snapshot_cost(&server, &db, dir.path()));
-    println!(
-        "snapshot   {:>9.2} ms for all four periods with {held} tasks folded",
-        per_snapshot.as_secs_f64() * 1e3,
-    );
-    println!(
-        "checkpoint {:>9.1} MiB with {held} tasks: copy {:.1} s, upload to the object store {:.1} s",
-        checkpoint.bytes as f64 / (1 << 20) as f64,
-        checkpoint.copy.as_secs_f64(),
-        checkpoint.upload.as_secs_f64()
-    );
+    if extras == Extras::All {
+        let db = Projections::open_existing(&db_path).unwrap();
+        let (held, _, _) = db.record_counts().unwrap();
+        let size = std::fs::metadata(&db_path).unwrap().len();
+        println!(
+            "database   {:>9.1} MiB for {held} tasks: {:.0} bytes per task",
+            size as f64 / (1 << 20) as f64,
+            size as f64 / held as f64
+        );
+        let (per_snapshot, checkpoint) = rt.block_on(snapshot_cost(server, &db, dir.path()));
+        println!(
+            "snapshot   {:>9.2} ms for all four periods with {held} tasks folded",
+            per_snapshot.as_secs_f64() * 1e3,
+        );
+        println!(
+            "checkpoint {:>9.1} MiB with {held} tasks: copy {:.1} s, upload to the object store {:.1} s",
+            checkpoint.bytes as f64 / (1 << 20) as f64,
+            checkpoint.copy.as_secs_f64(),
+            checkpoint.upload.as_secs_f64()
+        );
+    }
+    Unsigned {
+        raw,
+        serve,
+        serve_rss_kib,
+        replay,
+    }
+}
+
+/// `--table`: the figures of the performance goals in one run, as a Markdown table: a stream of
+/// `--events` unsigned and the same signed, then one of `--big-events` (kept in `--store`
+/// when given, and reused by the next run whose stream there has as many messages).
+fn table(rt: &tokio::runtime::Runtime, args: &Args) {
+    let one = |events: u64| format!("{:.1}M tasks", events as f64 / EVENTS_PER_TASK / 1e6);
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+
+    println!("== unsigned, {}", one(args.events));
+    let server = NatsServer::start();
+    let target = Target {
+        url: server.url(),
+        replicas: 1,
+    };
+    let u = unsigned_run(rt, &target, args.events, Extras::None);
+    drop(server);
+    println!("== signed, {}", one(args.events));
+    let server = NatsServer::start();
+    let target = Target {
+        url: server.url(),
+        replicas: 1,
+    };
+    let s = signed_run(rt, &target, args.events);
+    drop(server);
+    rows.push((
+        format!("raw, {}", one(args.events)),
+        format!("{:.0}/s unsigned, {:.0}/s signed", u.raw, s.raw),
+    ));
+    rows.push((
+        format!("`serve`, {}", one(args.events)),
+        format!(
+            "**{:.2} ×**, peak RSS {:.1} MiB",
+            u.serve / u.raw,
+            mib(u.serve_rss_kib)
+        ),
+    ));
+    rows.push((
+        format!("`serve`, signed, `enforce`, {}", one(args.events)),
+        format!(
+            "**{:.2} ×**, peak RSS {:.1} MiB",
+            s.enforce / s.raw,
+            mib(s.enforce_rss_kib)
+        ),
+    ));
+    rows.push((
+        format!("`serve`, signed, `open`, {}", one(args.events)),
+        format!(
+            "**{:.2} ×** of the unsigned fold ({:.0}/s against {:.0}/s); {:.2} × its own raw",
+            s.open / u.serve,
+            s.open,
+            u.serve,
+            s.open / s.raw
+        ),
+    ));
+    rows.push((
+        format!("`replay`, {}", one(args.events)),
+        format!("**{:.2} ×**", u.replay / u.raw),
+    ));
+
+    if args.big_events > 0 {
+        println!("== unsigned, {}", one(args.big_events));
+        let kept = args.store.clone();
+        let server = match &kept {
+            Some(dir) => NatsServer::start_in(dir),
+            None => NatsServer::start(),
+        };
+        let target = Target {
+            url: server.url(),
+            replicas: 1,
+        };
+        let held = rt.block_on(stream_messages(&target));
+        let whole = held.is_some_and(|n| n as f64 >= args.big_events as f64 * 0.99);
+        if held.is_some() && !whole {
+            // Left over from a run stopped while filling: start it again.
+            rt.block_on(delete_stream(&target));
+        }
+        let b = if whole {
+            let events = held.unwrap_or(0);
+            println!(
+                "stream     {events} events kept from an earlier run in {}",
+                kept.as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            );
+            unsigned_measures(rt, &target, events, Extras::None)
+        } else {
+            unsigned_run(rt, &target, args.big_events, Extras::None)
+        };
+        rows.push((
+            format!("raw, {}", one(args.big_events)),
+            format!("{:.0}/s", b.raw),
+        ));
+        rows.push((
+            format!("`serve`, {}", one(args.big_events)),
+            format!(
+                "**{:.2} ×**, peak RSS {:.1} MiB",
+                b.serve / b.raw,
+                mib(b.serve_rss_kib)
+            ),
+        ));
+        rows.push((
+            format!("`replay`, {}", one(args.big_events)),
+            format!("**{:.2} ×**", b.replay / b.raw),
+        ));
+    }
+
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let date = chrono::Utc::now().format("%Y-%m-%d");
+    println!();
+    println!("| figure (× raw consume of the same stream, same run) | measured {date}, {commit} |");
+    println!("| --- | --- |");
+    for (figure, value) in rows {
+        println!("| {figure} | {value} |");
+    }
+}
+
+async fn delete_stream(server: &Target) {
+    let js = jetstream::new(async_nats::connect(server.servers()).await.unwrap());
+    js.delete_stream("TRUEBIT_EVENTS").await.unwrap();
+}
+
+/// How many messages `TRUEBIT_EVENTS` holds, if it exists.
+async fn stream_messages(server: &Target) -> Option<u64> {
+    let js = jetstream::new(async_nats::connect(server.servers()).await.ok()?);
+    let mut stream = js.get_stream("TRUEBIT_EVENTS").await.ok()?;
+    Some(stream.info().await.ok()?.state.messages)
 }
 
 /// A key per node, and the root key that issues them.
@@ -379,7 +622,7 @@ fn serve_catch_up(
     env: &[(&str, String)],
 ) -> (f64, u64) {
     let mut child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
+        Command::new(binary())
             .arg("serve")
             .env("NATS_URL", server.url())
             .env("DB_PATH", db_path)
@@ -395,6 +638,26 @@ fn serve_catch_up(
             .spawn()
             .unwrap(),
     );
+    // PIPELINE_PERF=DIR records where the machine's CPU time goes while serve catches up
+    // (Debian's linux-perf), a flat profile of every process at 999 Hz, and prints the share of
+    // each process and serve's top frames. The whole machine, because serve starts its reading
+    // threads after it starts, and so that nats-server's share shows.
+    let profile = std::env::var_os("PIPELINE_PERF").map(|dir| {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = db_path.file_stem().unwrap().to_string_lossy().to_string();
+        let data = dir.join(format!("{name}.perf.data"));
+        let perf = Reaped(
+            Command::new("perf")
+                .args(["record", "-a", "-F", "999", "-o"])
+                .arg(&data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("perf (Debian's linux-perf) runs"),
+        );
+        (perf, data)
+    });
     let stderr = child.stderr.take().unwrap();
     let mut rate = None;
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -425,6 +688,30 @@ fn serve_catch_up(
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    if let Some((mut perf, data)) = profile {
+        signal(&perf, truebit_testkit::SIGINT);
+        perf.wait().unwrap();
+        let report = |args: &[&str]| {
+            let out = Command::new("perf")
+                .args(["report", "--no-children", "--stdio", "-i"])
+                .arg(&data)
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .take(25)
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        };
+        println!(
+            "profile    {} (perf report -i that file for all of it); by process:\n{}serve's top frames:\n{}",
+            data.display(),
+            report(&["--sort", "comm", "--percent-limit", "2"]),
+            report(&["--pid", &child.id().to_string(), "--percentage", "relative", "--percent-limit", "1.5"])
+        );
+    }
     signal(&child, SIGTERM);
     child.wait().unwrap();
     (rate.expect("serve logged that it caught up"), rss)
@@ -434,7 +721,7 @@ fn serve_catch_up(
 fn replay_rate(server: &Target, events: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("rebuilt.redb");
-    let out = Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
+    let out = Command::new(binary())
         .args(["replay", "--output"])
         .arg(&output)
         .env("NATS_URL", server.url())

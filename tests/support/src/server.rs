@@ -1,7 +1,7 @@
 //! A `nats-server` of the test's own: a free port, a temporary store, killed on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
-    store: TempDir,
+    store: PathBuf,
+    /// The temporary store, removed on drop; `None` for a store the caller keeps.
+    _owned: Option<TempDir>,
     config: Option<PathBuf>,
 }
 
@@ -35,15 +37,31 @@ impl NatsServer {
         Self::launch(Some(path))
     }
 
+    /// Starts a server over the store in `dir`, which outlives it: for a benchmark that fills a
+    /// stream once and measures it in several runs.
+    pub fn start_in(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("the store dir");
+        let mut server = NatsServer {
+            child: None,
+            port: 0,
+            store: dir.to_path_buf(),
+            _owned: None,
+            config: None,
+        };
+        server.spawn();
+        server
+    }
+
     fn launch(config: Option<PathBuf>) -> Self {
-        let store = tempfile::Builder::new()
+        let owned = tempfile::Builder::new()
             .prefix("nats-store")
             .tempdir()
             .expect("temp dir");
         let mut server = NatsServer {
             child: None,
             port: 0,
-            store,
+            store: owned.path().to_path_buf(),
+            _owned: Some(owned),
             config,
         };
         server.spawn();
@@ -89,7 +107,7 @@ impl NatsServer {
             cmd.arg("-c").arg(config);
         }
         cmd.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
-            .arg(self.store.path())
+            .arg(&self.store)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
