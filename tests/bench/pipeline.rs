@@ -649,7 +649,7 @@ fn serve_catch_up(
         let data = dir.join(format!("{name}.perf.data"));
         let perf = Reaped(
             Command::new("perf")
-                .args(["record", "-a", "-F", "999", "-o"])
+                .args(["record", "-a", "-F", "299", "--call-graph", "dwarf,8192", "-o"])
                 .arg(&data)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
