@@ -58,7 +58,7 @@ impl Visit for Copy<'_> {
         for<'x> K::SelfType<'x>: Debug,
     {
         match role {
-            Role::State => copy_table(self.from, self.to, def),
+            Role::State | Role::Digest => copy_table(self.from, self.to, def),
             // Present and empty, as in a new database.
             Role::Outbox => self.to.open_table(def).map(drop).map_err(Error::from),
         }

@@ -239,6 +239,59 @@ fn version_3_is_upgraded_in_place_only_while_no_operator_event_was_folded() {
     assert!(err.to_string().contains("replay"), "{err}");
 }
 
+/// A version 4 database (no digest) gets its digest by one scan when opened, and keeps it from
+/// then on; so does a database folded with the digest off.
+#[test]
+fn a_database_without_a_digest_gets_one_by_a_scan_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.redb");
+    let folded = {
+        let db = Projections::open(&path).unwrap();
+        let inputs: Vec<Input> = (0..50)
+            .map(|i| {
+                Input::unsigned(
+                    i + 1,
+                    Ok(heartbeat(&format!("node-{}", i % 7), T0 + i as i64).into()),
+                )
+            })
+            .collect();
+        db.apply(&inputs, Outbox::Record).unwrap();
+        db.scan_digest().unwrap()
+    };
+    {
+        // What a build of version 4 left: neither the digest's tables nor its marker.
+        let raw = redb::Database::open(&path).unwrap();
+        let txn = raw.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let mut table = txn.open_table(meta).unwrap();
+        table
+            .insert("schema_version", 4u64.to_le_bytes().as_slice())
+            .unwrap();
+        table.remove("digest").unwrap();
+        drop(table);
+        txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new("digest"))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let db = Projections::open(&path).unwrap();
+    assert_eq!(db.state_digest().unwrap(), folded);
+    db.set_digest(false);
+    db.apply(
+        &[Input::unsigned(51, Ok(heartbeat("node-x", T0).into()))],
+        Outbox::Record,
+    )
+    .unwrap();
+    assert_ne!(
+        db.state_digest().unwrap(),
+        db.scan_digest().unwrap(),
+        "not kept while off"
+    );
+    drop(db);
+    let db = Projections::open(&path).unwrap();
+    assert_eq!(db.state_digest().unwrap(), db.scan_digest().unwrap());
+    assert_ne!(db.state_digest().unwrap(), folded);
+}
+
 #[test]
 fn differences_name_the_table_and_key() {
     let (_d1, a) = db();
