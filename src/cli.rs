@@ -207,6 +207,15 @@ pub struct ServeArgs {
     /// Where to serve HTTP (dashboard, /metrics, /healthz, /readyz, /api/…): host:port, or `off`.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8480", value_parser = parse_http_addr)]
     pub http_addr: HttpAddr,
+    /// Stream sequences between two digest points (contract §11); one value per network, kept
+    /// in the truebit-config KV bucket: a value that disagrees with the network's is an error.
+    #[arg(long, env = "DIGEST_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub digest_every: Option<u64>,
+    /// For benchmarks only: fold without keeping the state digest, to measure what it costs.
+    /// Such an instance records and publishes no digest; its database gets its digest by one
+    /// scan when next opened without this flag.
+    #[arg(long, hide = true)]
+    pub no_digest: bool,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -230,6 +239,10 @@ pub struct InitArgs {
     /// another).
     #[arg(long, env = "FEDERATION_SALT", hide_env_values = true)]
     pub federation_salt: Option<String>,
+    /// Stream sequences between two digest points (contract §11), written to truebit-config
+    /// when the network has none (default 10000); never over another value.
+    #[arg(long, env = "DIGEST_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub digest_every: Option<u64>,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -386,6 +399,8 @@ pub async fn run(
                 instance: args.instance,
                 http_addr: args.http_addr.0,
                 http_bound: Default::default(),
+                digest_every: args.digest_every,
+                digest: !args.no_digest,
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())
@@ -413,6 +428,7 @@ pub async fn run(
                 &nats,
                 &args.topology.config(),
                 args.federation_salt.as_deref(),
+                args.digest_every,
             )
             .await
         }

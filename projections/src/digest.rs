@@ -192,6 +192,23 @@ impl StateDigest {
         Some(StateDigest { tables })
     }
 
+    /// The point as published on `truebit.stats.digest`.
+    pub fn to_point(&self, seq: u64, checkpoint: bool) -> truebit_streams::DigestPoint {
+        truebit_streams::DigestPoint {
+            seq,
+            digest: self.text(),
+            tables: self.named().map(|(n, h)| (n.to_string(), h)).collect(),
+            checkpoint,
+        }
+    }
+
+    /// A published point's per-table checksums; `None` when they are not this algorithm's
+    /// tables, or do not give the point's own digest.
+    pub fn from_point(point: &truebit_streams::DigestPoint) -> Option<Self> {
+        let digest = Self::from_named(|n| point.tables.get(n).map(|s| s.as_str()))?;
+        (digest.text() == point.digest).then_some(digest)
+    }
+
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         self.tables.concat()
     }
@@ -467,6 +484,10 @@ mod tests {
         assert_ne!(base, LtHash::element("nodes", b"ab", b"d"));
     }
 
+    fn empty_text() -> String {
+        StateDigest::of(&vec![LtHash::identity(); DIGESTED.len()]).text()
+    }
+
     #[test]
     fn a_digest_reads_back_from_its_text_form() {
         let mut hashes = vec![LtHash::identity(); DIGESTED.len()];
@@ -476,6 +497,10 @@ mod tests {
         let named: std::collections::HashMap<&str, String> = d.named().collect();
         let back = StateDigest::from_named(|n| named.get(n).map(|s| s.as_str())).unwrap();
         assert_eq!(back, d);
+        assert_eq!(StateDigest::from_point(&d.to_point(7, false)), Some(d.clone()));
+        let mut forged = d.to_point(7, false);
+        forged.digest = empty_text();
+        assert_eq!(StateDigest::from_point(&forged), None);
         let empty = StateDigest::of(&vec![LtHash::identity(); DIGESTED.len()]);
         assert_eq!(d.differing(&empty), ["nodes"]);
         assert_eq!(StateDigest::from_bytes(&d.to_bytes()).unwrap(), d);

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use truebit_streams::{Message, PublicKey};
 
 /// The projections database.
@@ -30,6 +30,11 @@ pub struct Projections {
     /// Commits end at each multiple of this stream sequence and record the digest there
     /// (contract §11); 0 records no points.
     digest_every: AtomicU64,
+    /// The view of the database right after the newest commit that ended at a digest point,
+    /// when [`Projections::keep_point_views`] asked for it: a checkpoint copies that state, so
+    /// that anyone can check a checkpoint against the digest published for its sequence.
+    point_view: Mutex<Option<(u64, Arc<redb::ReadTransaction>)>>,
+    keep_point_views: AtomicBool,
 }
 
 /// The locked locators, once loaded.
@@ -151,6 +156,8 @@ impl Projections {
             locators: Mutex::new(None),
             digest_on: AtomicBool::new(true),
             digest_every: AtomicU64::new(0),
+            point_view: Mutex::new(None),
+            keep_point_views: AtomicBool::new(false),
         };
         db.ensure_digest()?;
         Ok(db)
@@ -194,6 +201,24 @@ impl Projections {
         self.digest_every.store(every, Ordering::Relaxed);
     }
 
+    /// Keeps a read view of the state at the newest digest point, for checkpoints
+    /// ([`Projections::checkpoint_to`]). A view holds the pages it reads until a newer point
+    /// replaces it: at most one point's worth of changes.
+    pub fn keep_point_views(&self, keep: bool) {
+        self.keep_point_views.store(keep, Ordering::Relaxed);
+        if !keep {
+            *self.point_view.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+
+    /// The view kept at the newest digest point, if any.
+    pub(crate) fn point_view(&self) -> Option<(u64, Arc<redb::ReadTransaction>)> {
+        self.point_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The state digest as the last commit left it, kept incrementally.
     pub fn state_digest(&self) -> Result<StateDigest, Error> {
         let read = self.db.begin_read()?;
@@ -213,6 +238,15 @@ impl Projections {
         let last = read_u64(&read.open_table(tables::META)?, meta::LAST_SEQ)?.unwrap_or(0);
         let hashes = digest::stored(&read.open_table(tables::DIGEST)?)?;
         Ok((last, StateDigest::of(&hashes)))
+    }
+
+    /// The newest digest point recorded and its digest, if any.
+    pub fn last_digest_point(&self) -> Result<Option<(u64, StateDigest)>, Error> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(tables::DIGEST_POINTS)?;
+        let last = table.last()?;
+        last.map(|(k, v)| Ok((k.value(), StateDigest::from_bytes(v.value())?)))
+            .transpose()
     }
 
     /// The digest points recorded at sequences `from..`, in order.
@@ -306,7 +340,7 @@ impl Projections {
         let mut rest = batch;
         loop {
             let txn = self.db.begin_write()?;
-            let (applied, tasks, invoices, consumed) = {
+            let (applied, tasks, invoices, consumed, point) = {
                 let next_point = if every > 0 && digest_on {
                     Some(next_point(&txn, every)?)
                 } else {
@@ -355,9 +389,13 @@ impl Projections {
                 if !points.is_empty() {
                     record_points(&txn, &points)?;
                 }
-                (applied, tasks, invoices, consumed)
+                (applied, tasks, invoices, consumed, points.last().copied())
             };
             txn.commit()?;
+            if let (Some(point), true) = (point, self.keep_point_views.load(Ordering::Relaxed)) {
+                let view = Arc::new(self.db.begin_read()?);
+                *self.point_view.lock().unwrap_or_else(PoisonError::into_inner) = Some((point, view));
+            }
             locators.tasks.committed(tasks);
             locators.invoices.committed(invoices);
             total.folded += applied.folded;
