@@ -69,6 +69,9 @@ pub enum Command {
     Node(NodeArgs),
     /// Rebuild every projection from TRUEBIT_EVENTS (or verify the database against a rebuild).
     Replay(ReplayArgs),
+    /// Check a published snapshot against a rebuild from the streams: its state digest and its
+    /// headline figures (contract §11). Needs only read access to the streams.
+    Audit(AuditArgs),
     /// Make key pairs, and issue, revoke and list the keys that may publish (contract §7).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -180,6 +183,17 @@ pub struct ReplayArgs {
     /// Rebuild even when neither the stream nor a checkpoint covers its beginning.
     #[arg(long)]
     pub allow_gap: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Audit the state at this stream sequence: the history record of it, else the digest
+    /// point published there (default: the newest history record).
+    #[arg(long, conflicts_with = "at")]
+    pub seq: Option<u64>,
+    /// Audit the newest history record at or before this RFC 3339 time.
+    #[arg(long, value_parser = parse_at)]
+    pub at: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -467,6 +481,15 @@ pub async fn run(
                 admin_key: cli.global.admin_key,
             };
             crate::replay(&config).await
+        }
+        Command::Audit(args) => {
+            let config = crate::AuditConfig {
+                nats,
+                seq: args.seq,
+                at: args.at,
+                admin_key: cli.global.admin_key,
+            };
+            crate::audit(&config).await
         }
         Command::Keys(command) => keys(&nats, &cli.global.db_path, command).await,
     }

@@ -497,7 +497,10 @@ mod tests {
         let named: std::collections::HashMap<&str, String> = d.named().collect();
         let back = StateDigest::from_named(|n| named.get(n).map(|s| s.as_str())).unwrap();
         assert_eq!(back, d);
-        assert_eq!(StateDigest::from_point(&d.to_point(7, false)), Some(d.clone()));
+        assert_eq!(
+            StateDigest::from_point(&d.to_point(7, false)),
+            Some(d.clone())
+        );
         let mut forged = d.to_point(7, false);
         forged.digest = empty_text();
         assert_eq!(StateDigest::from_point(&forged), None);

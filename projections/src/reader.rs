@@ -64,9 +64,7 @@ impl Reader {
             counters: txn.open_table(tables::COUNTERS)?,
             total_nodes: read_u64(&meta_table, meta::NODES)?.unwrap_or(0),
             last_seq: read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0),
-            digest: StateDigest::of(&crate::digest::stored(
-                &txn.open_table(tables::DIGEST)?,
-            )?),
+            digest: StateDigest::of(&crate::digest::stored(&txn.open_table(tables::DIGEST)?)?),
         })
     }
 

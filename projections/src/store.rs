@@ -207,7 +207,10 @@ impl Projections {
     pub fn keep_point_views(&self, keep: bool) {
         self.keep_point_views.store(keep, Ordering::Relaxed);
         if !keep {
-            *self.point_view.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *self
+                .point_view
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 
@@ -394,7 +397,10 @@ impl Projections {
             txn.commit()?;
             if let (Some(point), true) = (point, self.keep_point_views.load(Ordering::Relaxed)) {
                 let view = Arc::new(self.db.begin_read()?);
-                *self.point_view.lock().unwrap_or_else(PoisonError::into_inner) = Some((point, view));
+                *self
+                    .point_view
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((point, view));
             }
             locators.tasks.committed(tasks);
             locators.invoices.committed(invoices);

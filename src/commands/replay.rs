@@ -238,7 +238,7 @@ async fn compare(
 }
 
 /// Rebuilds with progress: a bar on a terminal, a line every 5 s otherwise.
-async fn run(
+pub(crate) async fn run(
     js: &jetstream::Context,
     output: &Path,
     options: truebit_replay::Options,

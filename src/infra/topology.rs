@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
 pub use truebit_streams::names::{
-    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, HISTORY_STREAM,
-    LEADER_BUCKET, SALT_KEY, STATS_BUCKET, DIGEST_EVERY_KEY, DEFAULT_DIGEST_EVERY,
+    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DEFAULT_DIGEST_EVERY, DIGEST_EVERY_KEY, DLQ_STREAM,
+    EVENTS_STREAM, HISTORY_STREAM, LEADER_BUCKET, SALT_KEY, STATS_BUCKET,
 };
 use truebit_streams::subjects;
 
@@ -241,7 +241,11 @@ pub async fn put_salt_if_absent(js: &Context, salt: &str) -> Result<bool, Topolo
 /// first (`flag`, else the default) when the network has none and `write` allows it. A flag that
 /// disagrees with the network's value is an error naming both, since instances that cut their
 /// commits elsewhere would record no point in common.
-pub async fn digest_every(js: &Context, flag: Option<u64>, write: bool) -> Result<u64, crate::Error> {
+pub async fn digest_every(
+    js: &Context,
+    flag: Option<u64>,
+    write: bool,
+) -> Result<u64, crate::Error> {
     let kv = js
         .get_key_value(CONFIG_BUCKET)
         .await
@@ -254,20 +258,28 @@ pub async fn digest_every(js: &Context, flag: Option<u64>, write: bool) -> Resul
             ))
         })
     };
-    let stored = kv
-        .get(DIGEST_EVERY_KEY)
-        .await
-        .map_err(|e| TopologyError::js(format!("reading {DIGEST_EVERY_KEY} from {CONFIG_BUCKET}"), e))?;
+    let stored = kv.get(DIGEST_EVERY_KEY).await.map_err(|e| {
+        TopologyError::js(
+            format!("reading {DIGEST_EVERY_KEY} from {CONFIG_BUCKET}"),
+            e,
+        )
+    })?;
     let network = match stored {
         Some(bytes) => read(&bytes)?,
         None if write => {
             let want = flag.unwrap_or(DEFAULT_DIGEST_EVERY);
-            match kv.create(DIGEST_EVERY_KEY, want.to_string().into_bytes().into()).await {
+            match kv
+                .create(DIGEST_EVERY_KEY, want.to_string().into_bytes().into())
+                .await
+            {
                 Ok(_) => want,
                 // Another instance wrote it first: its value is the network's.
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                     let again = kv.get(DIGEST_EVERY_KEY).await.map_err(|e| {
-                        TopologyError::js(format!("reading {DIGEST_EVERY_KEY} from {CONFIG_BUCKET}"), e)
+                        TopologyError::js(
+                            format!("reading {DIGEST_EVERY_KEY} from {CONFIG_BUCKET}"),
+                            e,
+                        )
                     })?;
                     read(&again.unwrap_or_default())?
                 }

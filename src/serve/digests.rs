@@ -164,7 +164,10 @@ fn check(published: &DigestPoint, mine: Option<&StateDigest>, metrics: &Metrics)
     let seq = published.seq;
     let Some(mine) = mine else {
         // A database upgraded, or rebuilt from a checkpoint, after that point: nothing to compare.
-        tracing::debug!(seq, "no digest point of this instance's own at a published one; not compared");
+        tracing::debug!(
+            seq,
+            "no digest point of this instance's own at a published one; not compared"
+        );
         return;
     };
     if mine.text() == published.digest {

@@ -125,11 +125,8 @@ impl Service {
         let (applied_tx, applied_rx) = watch::channel(applied);
         // Both read TRUEBIT_STATS, each its own subject, and stop with the process.
         let history = {
-            let follow = node_history::follow(
-                topology.history.clone(),
-                nodes.clone(),
-                shutdown.clone(),
-            );
+            let follow =
+                node_history::follow(topology.history.clone(), nodes.clone(), shutdown.clone());
             let compare = digests::compare(
                 topology.history.clone(),
                 db.clone(),

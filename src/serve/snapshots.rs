@@ -200,14 +200,16 @@ impl SnapshotPublisher {
             return;
         }
         let started = Instant::now();
-        let (applied, digest, snapshots) =
-            match self.snapshots_with_digest(truebit_streams::now_minute()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot compute the snapshot");
-                    return;
-                }
-            };
+        let (applied, digest, snapshots) = match self
+            .snapshots_with_digest(truebit_streams::now_minute())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot compute the snapshot");
+                return;
+            }
+        };
         let computed = started.elapsed();
         // A new leader whose fold stalled behind what the last one published must not make the
         // numbers go back: it catches up first.

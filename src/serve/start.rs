@@ -34,7 +34,11 @@ pub(super) async fn open(config: &ServeConfig) -> Result<Opened, Error> {
     let js = jetstream::new(client.clone());
     let topology = topology::ensure(&js, &config.topology).await?;
     let every = topology::digest_every(&js, config.digest_every, true).await?;
-    let (path, admin_key, digest) = (config.db_path.clone(), config.admin_key.clone(), config.digest);
+    let (path, admin_key, digest) = (
+        config.db_path.clone(),
+        config.admin_key.clone(),
+        config.digest,
+    );
     let db = Arc::new(
         blocking(move || {
             let db = Projections::open(path)?;
