@@ -228,7 +228,7 @@ pub struct ServeArgs {
     /// For benchmarks only: fold without keeping the state digest, to measure what it costs.
     /// Such an instance records and publishes no digest; its database gets its digest by one
     /// scan when next opened without this flag.
-    #[arg(long, hide = true)]
+    #[arg(long, env = "NO_DIGEST", hide = true)]
     pub no_digest: bool,
     #[command(flatten)]
     pub topology: TopologyArgs,

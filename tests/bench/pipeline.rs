@@ -12,6 +12,9 @@
 //! 4. on the database `serve` built: its size per task, the time to compute the snapshot of
 //!    every period, and the size and write time of one checkpoint.
 //!
+//! `--no-digest` runs `serve` without the state digest of contract §11 (its hidden, benchmark-only
+//! `NO_DIGEST`), to measure what keeping it costs.
+//!
 //! `--events 32000000` folds ten million tasks: about 15 GB of stream and 25 minutes here.
 //!
 //! `--signed` makes every node sign every message with a key of its own (contract §7), issued
@@ -62,6 +65,7 @@ struct Args {
     events: u64,
     signed: bool,
     cluster: bool,
+    no_digest: bool,
 }
 
 fn args() -> Args {
@@ -69,6 +73,7 @@ fn args() -> Args {
         events: 500_000,
         signed: false,
         cluster: false,
+        no_digest: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +91,9 @@ fn args() -> Args {
         }
         if flag == "--cluster" {
             a.cluster = true;
+        }
+        if flag == "--no-digest" {
+            a.no_digest = true;
         }
     }
     a
@@ -161,8 +169,14 @@ fn main() {
         println!("admission  {checked:?}");
         return;
     }
+    let digest: &[(&str, String)] = if args.no_digest {
+        println!("digest     off (NO_DIGEST): serve keeps no state digest");
+        &[("NO_DIGEST", "true".to_string())]
+    } else {
+        &[]
+    };
     let explicit_path = dir.path().join("explicit.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &explicit_path, "explicit", &[]);
+    let (fold, rss_kib) = serve_catch_up(&server, events, &explicit_path, "explicit", digest);
     println!(
         "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=explicit, {:.2} x raw, {:.2} x raw with one ack per message; peak RSS {:.1} MiB",
         fold,
@@ -172,7 +186,7 @@ fn main() {
     );
     std::fs::remove_file(&explicit_path).unwrap();
     let db_path = dir.path().join("bench.redb");
-    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path, "all", &[]);
+    let (fold, rss_kib) = serve_catch_up(&server, events, &db_path, "all", digest);
     println!(
         "serve      {:>9.0} events/s  catch-up fold, ACK_POLICY=all, {:.2} x raw, {:.2} x raw with one ack per message",
         fold,
