@@ -620,6 +620,27 @@ mod tests {
         let bad =
             Cli::try_parse_from(["truebit-federation", "stats", "--at", "yesterday"]).unwrap_err();
         assert!(bad.to_string().contains("RFC 3339"), "{bad}");
+        let both = Cli::try_parse_from([
+            "truebit-federation",
+            "audit",
+            "--seq",
+            "10",
+            "--at",
+            "2026-11-25T10:30:00Z",
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("cannot be used with"), "{both}");
+        let cli = Cli::try_parse_from(["truebit-federation", "audit", "--seq", "20000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditArgs {
+                seq: Some(20000),
+                at: None
+            })
+        ));
+        let zero = Cli::try_parse_from(["truebit-federation", "serve", "--digest-every", "0"])
+            .unwrap_err();
+        assert!(zero.to_string().contains("digest-every"), "{zero}");
     }
 
     impl Cli {

@@ -90,13 +90,33 @@ impl LtHash {
 
     /// The element of one record: see `streams/PROTOCOL.md`.
     pub fn element(table: &str, key: &[u8], value: &[u8]) -> Self {
+        let mut element = LtHash::identity();
+        element.mix(table, key, value, true);
+        element
+    }
+
+    /// Adds (`add`) or takes out the element of one record, straight from the hash's output:
+    /// no element is made, which saves a third of the work of [`LtHash::element`] then
+    /// [`LtHash::add`].
+    pub fn mix(&mut self, table: &str, key: &[u8], value: &[u8], add: bool) {
         let mut hasher = blake3::Hasher::new();
         hasher.update(table.as_bytes());
         hasher.update(&[0]);
         hasher.update(&(key.len() as u32).to_le_bytes());
         hasher.update(key);
         hasher.update(value);
-        LtHash::of(&hasher)
+        let mut bytes = [0u8; BYTES];
+        hasher.finalize_xof().fill(&mut bytes);
+        let lanes = self.0.iter_mut().zip(bytes.chunks_exact(2));
+        if add {
+            for (lane, b) in lanes {
+                *lane = lane.wrapping_add(u16::from_le_bytes([b[0], b[1]]));
+            }
+        } else {
+            for (lane, b) in lanes {
+                *lane = lane.wrapping_sub(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
     }
 
     pub fn add(&mut self, other: &LtHash) {
@@ -289,15 +309,28 @@ impl Delta {
 
     pub fn add(&mut self, table: usize, key: &[u8], value: &[u8]) {
         if self.on {
-            self.hashes[table].add(&LtHash::element(DIGESTED[table], key, value));
+            self.hashes[table].mix(DIGESTED[table], key, value, true);
             self.touched[table] = true;
         }
     }
 
     pub fn remove(&mut self, table: usize, key: &[u8], value: &[u8]) {
         if self.on {
-            self.hashes[table].sub(&LtHash::element(DIGESTED[table], key, value));
+            self.hashes[table].mix(DIGESTED[table], key, value, false);
             self.touched[table] = true;
+        }
+    }
+
+    /// Adds another delta's changes to this one's.
+    pub fn merge(&mut self, other: Delta) {
+        if !other.on {
+            return;
+        }
+        for (i, hash) in other.hashes.iter().enumerate() {
+            if other.touched[i] {
+                self.hashes[i].add(hash);
+                self.touched[i] = true;
+            }
         }
     }
 
@@ -362,7 +395,7 @@ pub(crate) fn stored(
 pub(crate) fn scan(txn: &redb::ReadTransaction) -> Result<Vec<LtHash>, Error> {
     let mut hashes = vec![LtHash::identity(); DIGESTED.len()];
     let mut put = |table: &str, key: &[u8], value: &[u8]| {
-        hashes[slot(table)].add(&LtHash::element(table, key, value));
+        hashes[slot(table)].mix(table, key, value, true);
     };
     let meta_table = txn.open_table(tables::META)?;
     for key in DIGESTED_META {
@@ -507,5 +540,39 @@ mod tests {
         let empty = StateDigest::of(&vec![LtHash::identity(); DIGESTED.len()]);
         assert_eq!(d.differing(&empty), ["nodes"]);
         assert_eq!(StateDigest::from_bytes(&d.to_bytes()).unwrap(), d);
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p truebit-projections element_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn element_speed() {
+        let n = 200_000u32;
+        let started = std::time::Instant::now();
+        let mut sum = LtHash::identity();
+        for i in 0..n {
+            sum.mix("tasks", &[i as u8; 32], &i.to_le_bytes().repeat(20), true);
+        }
+        let each = started.elapsed().as_secs_f64() / n as f64;
+        eprintln!(
+            "{:.0} ns per element (added), {}",
+            each * 1e9,
+            hex(&sum.checksum())
+        );
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 2048];
+        let mut x = 0u8;
+        for i in 0..n {
+            let mut h = blake3::Hasher::new();
+            h.update(&i.to_le_bytes());
+            h.finalize_xof().fill(&mut buf);
+            x ^= buf[7];
+        }
+        let each = started.elapsed().as_secs_f64() / n as f64;
+        eprintln!("{:.0} ns per 2 KiB XOF alone ({x})", each * 1e9);
     }
 }

@@ -13,6 +13,7 @@ use crate::tables::{self, meta};
 use crate::Error;
 use redb::{ReadableTable, Table};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use truebit_streams::{
     subjects, DeadLetter, Digest, Event, EventKind, Minute, Mode, Operator, OperatorKind,
     PublicKey, Reason, Rejection,
@@ -412,23 +413,65 @@ impl<'t, 'l> Writer<'t, 'l> {
     /// the task and invoice locators must learn once the transaction commits.
     pub(crate) fn flush(mut self) -> Result<(Changes, Changes, Delta), Error> {
         let mut deltas: HashMap<Minute, Counters> = HashMap::new();
-        let (tasks_slot, invoices_slot) = (slot("tasks"), slot("invoices"));
+        let on = self.delta.on;
+        // Tasks and invoices, encoded once: the bytes are written here and hashed into the
+        // digest on another thread meanwhile. Two 2 KiB hash outputs per changed record are
+        // most of what the digest costs, and writing the records is most of a commit.
+        let mut rows: Vec<Row> = Vec::new();
         for (id, t) in changed_in_order(std::mem::take(&mut self.task_overlay)) {
             shift(&mut deltas, &t, |r| Some(r.first_seen), Counters::task);
             let record = t.now.as_ref().expect("a task, once created, stays");
-            let new = t.before.is_none();
-            let bytes = encode(record);
-            self.digest_record(tasks_slot, &id, t.before.as_ref(), &bytes);
-            self.tasks.put(&id, t.at, new, bytes.as_slice())?;
+            rows.push(Row::of(true, id, t.at, t.before.as_ref(), on, record));
         }
         for (id, i) in changed_in_order(std::mem::take(&mut self.invoice_overlay)) {
             shift(&mut deltas, &i, |r| Some(r.first_seen), Counters::invoice);
             let record = i.now.as_ref().expect("an invoice, once created, stays");
-            let new = i.before.is_none();
-            let bytes = encode(record);
-            self.digest_record(invoices_slot, &id, i.before.as_ref(), &bytes);
-            self.invoices.put(&id, i.at, new, bytes.as_slice())?;
+            rows.push(Row::of(false, id, i.at, i.before.as_ref(), on, record));
         }
+        // Both threads take chunks of rows until none is left: the other thread starts at once,
+        // this one once it has written everything, so that hashing ends about when writing does.
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let hashing = (on && rows.len() >= HASH_APART_FROM)
+                .then(|| scope.spawn(|| hash_rows(&rows, &next)));
+            if on && hashing.is_none() {
+                self.delta.merge(hash_rows(&rows, &next));
+            }
+            for row in &rows {
+                let records = if row.task {
+                    &mut self.tasks
+                } else {
+                    &mut self.invoices
+                };
+                records.put(&row.id, row.at, row.new, row.bytes.as_slice())?;
+            }
+            self.flush_rest(deltas)?;
+            if let Some(hashing) = hashing {
+                self.delta.merge(hash_rows(&rows, &next));
+                self.delta
+                    .merge(hashing.join().expect("hashing records does not panic"));
+            }
+            Ok::<_, Error>(())
+        })?;
+        let tasks = self.tasks.finish(&self.locators.tasks, &mut self.meta)?;
+        let invoices = self
+            .invoices
+            .finish(&self.locators.invoices, &mut self.meta)?;
+        let meta_slot = slot("meta");
+        for (key, before) in DIGESTED_META.iter().zip(&self.meta_before) {
+            let after = self.meta.get(*key)?.map(|v| v.value().to_vec());
+            self.delta.change(
+                meta_slot,
+                key.as_bytes(),
+                before.as_deref(),
+                after.as_deref(),
+            );
+        }
+        Ok((tasks, invoices, self.delta))
+    }
+
+    /// Everything a flush writes after the tasks and invoices.
+    fn flush_rest(&mut self, mut deltas: HashMap<Minute, Counters>) -> Result<(), Error> {
         let nodes_slot = slot("nodes");
         for (id, n) in changed_in_order(std::mem::take(&mut self.node_overlay)) {
             shift(&mut deltas, &n, |r| r.last_seen, Counters::node);
@@ -528,21 +571,7 @@ impl<'t, 'l> Writer<'t, 'l> {
             meta::OPERATOR_MESSAGES,
             self.operator_messages.to_le_bytes().as_slice(),
         )?;
-        let tasks = self.tasks.finish(&self.locators.tasks, &mut self.meta)?;
-        let invoices = self
-            .invoices
-            .finish(&self.locators.invoices, &mut self.meta)?;
-        let meta_slot = slot("meta");
-        for (key, before) in DIGESTED_META.iter().zip(&self.meta_before) {
-            let after = self.meta.get(*key)?.map(|v| v.value().to_vec());
-            self.delta.change(
-                meta_slot,
-                key.as_bytes(),
-                before.as_deref(),
-                after.as_deref(),
-            );
-        }
-        Ok((tasks, invoices, self.delta))
+        Ok(())
     }
 
     /// Takes a changed record's old bytes out of its table's hash and puts the new ones in.
@@ -557,6 +586,61 @@ impl<'t, 'l> Writer<'t, 'l> {
             let before = before.map(encode);
             self.delta
                 .change(table, key, before.as_deref(), Some(after));
+        }
+    }
+}
+
+/// Below this many changed tasks and invoices a commit hashes them itself: a thread costs more
+/// than it saves on the live fold's small commits.
+const HASH_APART_FROM: usize = 512;
+
+/// A changed task or invoice, encoded: written by the commit, hashed into the digest.
+struct Row {
+    task: bool,
+    id: [u8; 32],
+    at: Place,
+    new: bool,
+    /// The stored bytes before the commit, when the digest is kept and the record existed.
+    before: Option<Vec<u8>>,
+    bytes: Vec<u8>,
+}
+
+impl Row {
+    fn of<R: serde::Serialize>(
+        task: bool,
+        id: [u8; 32],
+        at: Place,
+        before: Option<&R>,
+        digest: bool,
+        now: &R,
+    ) -> Row {
+        Row {
+            task,
+            id,
+            at,
+            new: before.is_none(),
+            before: before.filter(|_| digest).map(encode),
+            bytes: encode(now),
+        }
+    }
+}
+
+/// Rows a hashing thread takes at a time.
+const HASH_CHUNK: usize = 128;
+
+/// What the rows not yet taken (`next` counts them off) change in the tasks' and invoices'
+/// hashes.
+fn hash_rows(rows: &[Row], next: &AtomicUsize) -> Delta {
+    let (tasks, invoices) = (slot("tasks"), slot("invoices"));
+    let mut delta = Delta::new(true);
+    loop {
+        let from = next.fetch_add(HASH_CHUNK, Ordering::Relaxed);
+        if from >= rows.len() {
+            return delta;
+        }
+        for row in &rows[from..(from + HASH_CHUNK).min(rows.len())] {
+            let table = if row.task { tasks } else { invoices };
+            delta.change(table, &row.id, row.before.as_deref(), Some(&row.bytes));
         }
     }
 }

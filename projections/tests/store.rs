@@ -292,6 +292,70 @@ fn a_database_without_a_digest_gets_one_by_a_scan_when_opened() {
     assert_ne!(db.state_digest().unwrap(), folded);
 }
 
+/// A commit with many tasks hashes them on another thread while it writes them: the digest is
+/// the same as when small commits hash each record themselves.
+#[test]
+fn a_large_commit_keeps_the_digest_as_small_ones_do() {
+    let task = |i: u64, received: bool| {
+        let task = Digest(*blake3_like(i));
+        let kind = if received {
+            EventKind::TaskReceived {
+                task,
+                chain_id: Some("1".into()),
+                task_type: None,
+            }
+        } else {
+            EventKind::TaskCompleted {
+                task,
+                outcome: truebit_streams::Outcome {
+                    success: Some(i % 3 == 0),
+                    ..Default::default()
+                },
+            }
+        };
+        Event {
+            node_id: format!("node-{}", i % 5),
+            minute: T0 + (i % 90) as i64,
+            kind,
+        }
+    };
+    // Receipts of 3,000 tasks, then completions of every other one: updates, taking the old
+    // bytes out as well.
+    let events: Vec<Event> = (0..3000)
+        .map(|i| task(i, true))
+        .chain((0..3000).step_by(2).map(|i| task(i, false)))
+        .collect();
+    let inputs: Vec<Input> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Input::unsigned(i as u64 + 1, Ok(e.clone().into())))
+        .collect();
+    let (_d1, large) = db();
+    let (_d2, small) = db();
+    large.apply(&inputs[..3000], Outbox::Record).unwrap();
+    large.apply(&inputs[3000..], Outbox::Record).unwrap();
+    for chunk in inputs.chunks(100) {
+        small.apply(chunk, Outbox::Record).unwrap();
+    }
+    assert_eq!(large.state_digest().unwrap(), large.scan_digest().unwrap());
+    assert_eq!(large.state_digest().unwrap(), small.state_digest().unwrap());
+    assert_eq!(small.state_digest().unwrap(), small.scan_digest().unwrap());
+}
+
+/// 32 bytes that differ for every `i`.
+fn blake3_like(i: u64) -> Box<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (k, b) in out.iter_mut().enumerate() {
+        *b = (i
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(k as u32 * 7)
+            >> 24) as u8
+            ^ k as u8;
+    }
+    out[..8].copy_from_slice(&i.to_le_bytes());
+    Box::new(out)
+}
+
 #[test]
 fn differences_name_the_table_and_key() {
     let (_d1, a) = db();

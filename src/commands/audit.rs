@@ -88,7 +88,7 @@ async fn check(
         digest_every: every,
         base,
     };
-    let rebuilt = super::replay::run(js, temp, options).await?;
+    let rebuilt = super::replay::run_as("audit", js, temp, options).await?;
     if rebuilt.last_seq < target.seq {
         return Ok(Some(format!(
             "the stream ends at sequence {}, before the audited {}: it was recreated or purged",

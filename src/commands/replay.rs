@@ -243,13 +243,23 @@ pub(crate) async fn run(
     output: &Path,
     options: truebit_replay::Options,
 ) -> Result<truebit_replay::Rebuilt, Error> {
+    run_as("replay", js, output, options).await
+}
+
+/// [`run`], its progress named `label` (the command that rebuilds).
+pub(crate) async fn run_as(
+    label: &'static str,
+    js: &jetstream::Context,
+    output: &Path,
+    options: truebit_replay::Options,
+) -> Result<truebit_replay::Rebuilt, Error> {
     let terminal = std::io::stderr().is_terminal();
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} replay [{bar:40}] {pos}/{len} seq  {msg}  ETA {eta}",
-            )
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{spinner}} {label} [{{bar:40}}] {{pos}}/{{len}} seq  {{msg}}  ETA {{eta}}"
+            ))
             .expect("a valid template")
             .progress_chars("=> "),
         );
@@ -270,7 +280,7 @@ pub(crate) async fn run(
             first = false;
             last_line = Instant::now();
             let rate = seq as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("replay: sequence {seq} of {target}, {rate:.0} events/s");
+            eprintln!("{label}: sequence {seq} of {target}, {rate:.0} events/s");
         }
     })
     .await?;
@@ -278,7 +288,7 @@ pub(crate) async fn run(
         bar.finish_and_clear();
     }
     if let Some(seq) = rebuilt.checkpoint {
-        eprintln!("replay: started from the checkpoint at sequence {seq}");
+        eprintln!("{label}: started from the checkpoint at sequence {seq}");
     } else if rebuilt.first_seq > 1 {
         eprintln!(
             "WARNING: TRUEBIT_EVENTS now starts at sequence {}: sequences 1..{} have expired or been deleted, and this rebuild does not include them; its all-time numbers are lower than the live fold's",
