@@ -308,7 +308,7 @@ fn a_large_commit_keeps_the_digest_as_small_ones_do() {
             EventKind::TaskCompleted {
                 task,
                 outcome: truebit_streams::Outcome {
-                    success: Some(i % 3 == 0),
+                    success: Some(i.is_multiple_of(3)),
                     ..Default::default()
                 },
             }
