@@ -69,6 +69,9 @@ pub enum Command {
     Node(NodeArgs),
     /// Rebuild every projection from TRUEBIT_EVENTS (or verify the database against a rebuild).
     Replay(ReplayArgs),
+    /// Check a published snapshot against a rebuild from the streams: its state digest and its
+    /// headline figures (contract §11). Needs only read access to the streams.
+    Audit(AuditArgs),
     /// Make key pairs, and issue, revoke and list the keys that may publish (contract §7).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -183,6 +186,17 @@ pub struct ReplayArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Audit the state at this stream sequence: the history record of it, else the digest
+    /// point published there (default: the newest history record).
+    #[arg(long, conflicts_with = "at")]
+    pub seq: Option<u64>,
+    /// Audit the newest history record at or before this RFC 3339 time.
+    #[arg(long, value_parser = parse_at)]
+    pub at: Option<i64>,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Milliseconds between snapshots.
     #[arg(long, env = "PUBLISH_INTERVAL", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
@@ -207,6 +221,15 @@ pub struct ServeArgs {
     /// Where to serve HTTP (dashboard, /metrics, /healthz, /readyz, /api/…): host:port, or `off`.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8480", value_parser = parse_http_addr)]
     pub http_addr: HttpAddr,
+    /// Stream sequences between two digest points (contract §11); one value per network, kept
+    /// in the truebit-config KV bucket: a value that disagrees with the network's is an error.
+    #[arg(long, env = "DIGEST_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub digest_every: Option<u64>,
+    /// For benchmarks only: fold without keeping the state digest, to measure what it costs.
+    /// Such an instance records and publishes no digest; its database gets its digest by one
+    /// scan when next opened without this flag.
+    #[arg(long, env = "NO_DIGEST", hide = true)]
+    pub no_digest: bool,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -230,6 +253,10 @@ pub struct InitArgs {
     /// another).
     #[arg(long, env = "FEDERATION_SALT", hide_env_values = true)]
     pub federation_salt: Option<String>,
+    /// Stream sequences between two digest points (contract §11), written to truebit-config
+    /// when the network has none (default 10000); never over another value.
+    #[arg(long, env = "DIGEST_EVERY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub digest_every: Option<u64>,
     #[command(flatten)]
     pub topology: TopologyArgs,
 }
@@ -386,6 +413,8 @@ pub async fn run(
                 instance: args.instance,
                 http_addr: args.http_addr.0,
                 http_bound: Default::default(),
+                digest_every: args.digest_every,
+                digest: !args.no_digest,
             };
             crate::serve(config, shutdown).await?;
             Ok(String::new())
@@ -413,6 +442,7 @@ pub async fn run(
                 &nats,
                 &args.topology.config(),
                 args.federation_salt.as_deref(),
+                args.digest_every,
             )
             .await
         }
@@ -451,6 +481,15 @@ pub async fn run(
                 admin_key: cli.global.admin_key,
             };
             crate::replay(&config).await
+        }
+        Command::Audit(args) => {
+            let config = crate::AuditConfig {
+                nats,
+                seq: args.seq,
+                at: args.at,
+                admin_key: cli.global.admin_key,
+            };
+            crate::audit(&config).await
         }
         Command::Keys(command) => keys(&nats, &cli.global.db_path, command).await,
     }
@@ -581,6 +620,27 @@ mod tests {
         let bad =
             Cli::try_parse_from(["truebit-federation", "stats", "--at", "yesterday"]).unwrap_err();
         assert!(bad.to_string().contains("RFC 3339"), "{bad}");
+        let both = Cli::try_parse_from([
+            "truebit-federation",
+            "audit",
+            "--seq",
+            "10",
+            "--at",
+            "2026-11-25T10:30:00Z",
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("cannot be used with"), "{both}");
+        let cli = Cli::try_parse_from(["truebit-federation", "audit", "--seq", "20000"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit(AuditArgs {
+                seq: Some(20000),
+                at: None
+            })
+        ));
+        let zero = Cli::try_parse_from(["truebit-federation", "serve", "--digest-every", "0"])
+            .unwrap_err();
+        assert!(zero.to_string().contains("digest-every"), "{zero}");
     }
 
     impl Cli {

@@ -10,7 +10,7 @@
 //!   contents.
 //! - [`node()`] (`node/`) runs beside a TrueBit runner: it reads the runner's files, publishes
 //!   anonymized, signed events paced to its key's rate, and shows the node the network's numbers.
-//! - [`commands`] run once: [`init`], [`stats`], [`replay`] (and `--verify`), `keys`.
+//! - [`commands`] run once: [`init`], [`stats`], [`replay`] (and `--verify`), [`audit`], `keys`.
 //!
 //! `infra/` is what they share (NATS, the topology, shutdown, backoff, files); `cli.rs` the flags;
 //! `error.rs` every error and its exit code. A new metric goes in `serve/metrics.rs`, a new
@@ -34,6 +34,7 @@ pub mod infra;
 pub mod node;
 pub mod serve;
 
+pub use commands::audit::{audit, AuditConfig};
 pub use commands::init::init;
 pub use commands::replay::{replay, ReplayConfig};
 pub use commands::stats::{render, stats, StatsConfig};

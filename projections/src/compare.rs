@@ -30,8 +30,13 @@ impl Projections {
     /// Writes a consistent copy of the state to a new file at `path` (which must not exist) from
     /// one read transaction, so that folding goes on meanwhile. Returns the last folded sequence
     /// the copy holds. The outbox is not copied: a copy is for rebuilding, which never publishes.
+    /// With [`Projections::keep_point_views`] on, the copy is of the state at the newest digest
+    /// point, whose digest was published and compared by every instance (contract §11).
     pub fn checkpoint_to(&self, path: &Path) -> Result<u64, Error> {
-        let read = self.db.begin_read()?;
+        let read = match self.point_view() {
+            Some((_, view)) => view,
+            None => std::sync::Arc::new(self.db.begin_read()?),
+        };
         let last_seq = read_u64(&read.open_table(tables::META)?, meta::LAST_SEQ)?.unwrap_or(0);
         let copy = builder().create(path).map_err(|e| open_error(path, e))?;
         let write = copy.begin_write()?;
@@ -58,7 +63,7 @@ impl Visit for Copy<'_> {
         for<'x> K::SelfType<'x>: Debug,
     {
         match role {
-            Role::State => copy_table(self.from, self.to, def),
+            Role::State | Role::Digest => copy_table(self.from, self.to, def),
             // Present and empty, as in a new database.
             Role::Outbox => self.to.open_table(def).map(drop).map_err(Error::from),
         }

@@ -51,6 +51,7 @@ mod admission;
 mod batch;
 mod compare;
 mod counters;
+pub mod digest;
 mod error;
 mod fold;
 mod history;
@@ -68,6 +69,7 @@ mod views;
 mod writer;
 
 pub use batch::{Applied, Outbox, ADMISSION_OUTCOMES};
+pub use digest::StateDigest;
 pub use error::Error;
 pub use history::{Point, Step};
 pub use input::{inputs, Checks, Input, Refusal, Stored};

@@ -5,7 +5,7 @@ use crate::records::decode;
 use crate::snapshot::compute;
 use crate::tables::meta::read_u64;
 use crate::tables::{self, meta};
-use crate::{Error, Projections};
+use crate::{Error, Projections, StateDigest};
 use redb::{Database, ReadableDatabase};
 use truebit_streams::{Minute, Period, Snapshot};
 
@@ -24,6 +24,16 @@ impl Projections {
     /// The snapshots of every period at minute `at`, and the last folded sequence they hold,
     /// from one consistent view: what a publisher stamps on them while batches commit beside it.
     pub fn snapshots_with_seq(&self, at: Minute) -> Result<(u64, Vec<Snapshot>), Error> {
+        let (seq, _, snapshots) = self.snapshots_with_digest(at)?;
+        Ok((seq, snapshots))
+    }
+
+    /// Like [`Projections::snapshots_with_seq`], with the state digest at that sequence
+    /// (contract §11), all from one view.
+    pub fn snapshots_with_digest(
+        &self,
+        at: Minute,
+    ) -> Result<(u64, StateDigest, Vec<Snapshot>), Error> {
         let reader = Reader::open(&self.db)?;
         let recent = reader.recent(at)?;
         let day = reader.last_day(at)?;
@@ -31,7 +41,7 @@ impl Projections {
             .into_iter()
             .map(|p| reader.snapshot(at, p, &recent, &day))
             .collect::<Result<_, _>>()?;
-        Ok((reader.last_seq, snapshots))
+        Ok((reader.last_seq, reader.digest.clone(), snapshots))
     }
 }
 
@@ -40,6 +50,7 @@ pub(crate) struct Reader {
     pub(crate) counters: redb::ReadOnlyTable<(u8, i64), &'static [u8]>,
     total_nodes: u64,
     pub(crate) last_seq: u64,
+    digest: StateDigest,
 }
 
 /// Active nodes are those heartbeating within this many minutes of `T`.
@@ -53,6 +64,7 @@ impl Reader {
             counters: txn.open_table(tables::COUNTERS)?,
             total_nodes: read_u64(&meta_table, meta::NODES)?.unwrap_or(0),
             last_seq: read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0),
+            digest: StateDigest::of(&crate::digest::stored(&txn.open_table(tables::DIGEST)?)?),
         })
     }
 

@@ -15,8 +15,10 @@ use std::fmt::Debug;
 /// 3 added the dead-letter outbox and the key registry (`keys`, `admission`, three meta keys),
 /// all of which start empty, so an older database is upgraded in place. Version 4 added
 /// `operator_clock`, which an older database can take in place only while no operator event
-/// was ever folded into it (`crate::store` decides).
-pub const SCHEMA_VERSION: u64 = 4;
+/// was ever folded into it (`crate::store` decides). Version 5 added the state digest
+/// (`digest`, `digest_points`, contract §11): an older database gets its digest computed by one
+/// full scan when it is opened, and is otherwise upgraded in place as before.
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Small named values: see [`meta`].
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -76,6 +78,13 @@ pub const OPERATOR_CLOCK: TableDefinition<&str, i64> = TableDefinition::new("ope
 /// always empty.
 pub const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
+/// Table name → the lattice hash (2048 bytes) of that table's records ([`crate::digest`]), as of
+/// the last commit, which updates it from what it changed. Valid while [`meta::DIGEST`] is set.
+pub const DIGEST: TableDefinition<&str, &[u8]> = TableDefinition::new("digest");
+/// Stream sequence (a multiple of the network's `digest-every`) → the per-table checksums of the
+/// state there, in [`crate::digest::DIGESTED`] order: the digest points of contract §11.
+pub const DIGEST_POINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("digest_points");
+
 /// What a table holds, which decides whether a copy or a comparison of databases includes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -83,6 +92,10 @@ pub enum Role {
     State,
     /// Work in hand for this database's own process, not derived from the stream alone.
     Outbox,
+    /// The state's own digest and the points recorded: a checkpoint carries them, so that a
+    /// rebuild from it goes on without a scan, but `replay --verify` compares digests rather
+    /// than these rows (a database upgraded in place has no points from before its upgrade).
+    Digest,
 }
 
 /// Something done to every table, whatever its key and value types.
@@ -112,6 +125,8 @@ pub fn each(v: &mut impl Visit) -> Result<(), Error> {
     v.table(ADMISSION, Role::State)?;
     v.table(OPERATOR_CLOCK, Role::State)?;
     v.table(OUTBOX, Role::Outbox)?;
+    v.table(DIGEST, Role::Digest)?;
+    v.table(DIGEST_POINTS, Role::Digest)?;
     Ok(())
 }
 
@@ -135,6 +150,8 @@ pub mod meta {
     pub const ADMIN_KEY: &str = "admin_key";
     /// Operator events read (signed or not): while there are none, the root key may be set.
     pub const OPERATOR_MESSAGES: &str = "operator_messages";
+    /// Present (the digest's algorithm) while the table `digest` follows every commit.
+    pub const DIGEST: &str = "digest";
 
     pub(crate) fn read_u64(
         table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -236,8 +253,8 @@ mod tests {
             .collect();
         assert_eq!(
             outside,
-            ["outbox"],
-            "only the outbox stays out of copies and comparisons"
+            ["outbox", "digest", "digest_points"],
+            "only the outbox and the digest's own tables stay out of comparisons"
         );
     }
 }

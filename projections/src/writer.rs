@@ -3,6 +3,7 @@
 use crate::admission::{self, admit, authorize_operator, in_order, Verdict};
 use crate::batch::Outbox;
 use crate::counters::{buckets_of, Counters};
+use crate::digest::{counter_key, slot, Delta, DIGESTED_META};
 use crate::fold;
 use crate::input::{Input, Refusal};
 use crate::records::{decode, encode, InvoiceRecord, KeyRecord, NodeRecord, TaskRecord};
@@ -12,6 +13,7 @@ use crate::tables::{self, meta};
 use crate::Error;
 use redb::{ReadableTable, Table};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use truebit_streams::{
     subjects, DeadLetter, Digest, Event, EventKind, Minute, Mode, Operator, OperatorKind,
     PublicKey, Reason, Rejection, Verifier,
@@ -58,6 +60,10 @@ pub(crate) struct Writer<'t, 'l> {
     outbox_mode: Outbox,
     /// Checks the signatures the reader left to the fold ([`crate::Checks`]).
     verifier: Verifier,
+    /// What this batch adds to and takes from each table's hash ([`crate::digest`]).
+    delta: Delta,
+    /// The digested `meta` values as the batch found them.
+    meta_before: Vec<Option<Vec<u8>>>,
 }
 
 /// A record as the table held it before the batch, and as the batch has folded it so far, with
@@ -143,8 +149,13 @@ impl<'t, 'l> Writer<'t, 'l> {
         locators: &'l Locators,
         run_len: u64,
         outbox_mode: Outbox,
+        digest_on: bool,
     ) -> Result<Self, Error> {
         let meta_table = txn.open_table(tables::META)?;
+        let meta_before = DIGESTED_META
+            .iter()
+            .map(|k| Ok(meta_table.get(*k)?.map(|v| v.value().to_vec())))
+            .collect::<Result<Vec<_>, Error>>()?;
         let last_seq = read_u64(&meta_table, meta::LAST_SEQ)?.unwrap_or(0);
         let mode = read_mode(&meta_table)?;
         let root = read_root(&meta_table)?;
@@ -190,6 +201,8 @@ impl<'t, 'l> Writer<'t, 'l> {
             operator_messages,
             outbox_mode,
             verifier: Verifier::new(),
+            delta: Delta::new(digest_on),
+            meta_before,
         })
     }
 
@@ -209,6 +222,8 @@ impl<'t, 'l> Writer<'t, 'l> {
                 })?;
                 self.publisher_count += 1;
                 self.publishers.insert(node_id, id)?;
+                self.delta
+                    .add(slot("publishers"), node_id.as_bytes(), &id.to_le_bytes());
                 id
             }
         };
@@ -401,21 +416,68 @@ impl<'t, 'l> Writer<'t, 'l> {
 
     /// Writes the overlay, the counters it moved and the batch's position, and hands back what
     /// the task and invoice locators must learn once the transaction commits.
-    pub(crate) fn flush(mut self) -> Result<(Changes, Changes), Error> {
+    pub(crate) fn flush(mut self) -> Result<(Changes, Changes, Delta), Error> {
         let mut deltas: HashMap<Minute, Counters> = HashMap::new();
+        let on = self.delta.on;
+        // Tasks and invoices, encoded once: the bytes are written here and hashed into the
+        // digest on another thread meanwhile. Two 2 KiB hash outputs per changed record are
+        // most of what the digest costs, and writing the records is most of a commit.
+        let mut rows: Vec<Row> = Vec::new();
         for (id, t) in changed_in_order(std::mem::take(&mut self.task_overlay)) {
             shift(&mut deltas, &t, |r| Some(r.first_seen), Counters::task);
             let record = t.now.as_ref().expect("a task, once created, stays");
-            let new = t.before.is_none();
-            self.tasks.put(&id, t.at, new, encode(record).as_slice())?;
+            rows.push(Row::of(true, id, t.at, t.before.as_ref(), on, record));
         }
         for (id, i) in changed_in_order(std::mem::take(&mut self.invoice_overlay)) {
             shift(&mut deltas, &i, |r| Some(r.first_seen), Counters::invoice);
             let record = i.now.as_ref().expect("an invoice, once created, stays");
-            let new = i.before.is_none();
-            self.invoices
-                .put(&id, i.at, new, encode(record).as_slice())?;
+            rows.push(Row::of(false, id, i.at, i.before.as_ref(), on, record));
         }
+        // Both threads take chunks of rows until none is left: the other thread starts at once,
+        // this one once it has written everything, so that hashing ends about when writing does.
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let hashing = (on && rows.len() >= HASH_APART_FROM)
+                .then(|| scope.spawn(|| hash_rows(&rows, &next)));
+            if on && hashing.is_none() {
+                self.delta.merge(hash_rows(&rows, &next));
+            }
+            for row in &rows {
+                let records = if row.task {
+                    &mut self.tasks
+                } else {
+                    &mut self.invoices
+                };
+                records.put(&row.id, row.at, row.new, row.bytes.as_slice())?;
+            }
+            self.flush_rest(deltas)?;
+            if let Some(hashing) = hashing {
+                self.delta.merge(hash_rows(&rows, &next));
+                self.delta
+                    .merge(hashing.join().expect("hashing records does not panic"));
+            }
+            Ok::<_, Error>(())
+        })?;
+        let tasks = self.tasks.finish(&self.locators.tasks, &mut self.meta)?;
+        let invoices = self
+            .invoices
+            .finish(&self.locators.invoices, &mut self.meta)?;
+        let meta_slot = slot("meta");
+        for (key, before) in DIGESTED_META.iter().zip(&self.meta_before) {
+            let after = self.meta.get(*key)?.map(|v| v.value().to_vec());
+            self.delta.change(
+                meta_slot,
+                key.as_bytes(),
+                before.as_deref(),
+                after.as_deref(),
+            );
+        }
+        Ok((tasks, invoices, self.delta))
+    }
+
+    /// Everything a flush writes after the tasks and invoices.
+    fn flush_rest(&mut self, mut deltas: HashMap<Minute, Counters>) -> Result<(), Error> {
+        let nodes_slot = slot("nodes");
         for (id, n) in changed_in_order(std::mem::take(&mut self.node_overlay)) {
             shift(&mut deltas, &n, |r| r.last_seen, Counters::node);
             let Some(record) = n.now.as_ref() else {
@@ -424,7 +486,9 @@ impl<'t, 'l> Writer<'t, 'l> {
             if n.before.is_none() {
                 self.node_count += 1;
             }
-            self.nodes.insert(id.as_str(), encode(record).as_slice())?;
+            let bytes = encode(record);
+            self.digest_record(nodes_slot, id.as_bytes(), n.before.as_ref(), &bytes);
+            self.nodes.insert(id.as_str(), bytes.as_slice())?;
         }
 
         let mut rows: HashMap<(u8, i64), Counters> = HashMap::new();
@@ -435,38 +499,67 @@ impl<'t, 'l> Writer<'t, 'l> {
         }
         let mut rows: Vec<_> = rows.into_iter().filter(|(_, d)| !d.is_zero()).collect();
         rows.sort_unstable_by_key(|(key, _)| *key);
+        let counters_slot = slot("counters");
         for (key, delta) in rows {
-            let mut current: Counters = match self.counters.get(key)? {
-                Some(b) => decode("counters", b.value())?,
+            let stored = self.counters.get(key)?.map(|b| b.value().to_vec());
+            let mut current: Counters = match &stored {
+                Some(b) => decode("counters", b)?,
                 None => Counters::default(),
             };
             current.merge(&delta, 1);
-            if current.is_zero() {
-                self.counters.remove(key)?;
-            } else {
-                self.counters.insert(key, encode(&current).as_slice())?;
+            let bytes = (!current.is_zero()).then(|| encode(&current));
+            self.delta.change(
+                counters_slot,
+                &counter_key(key),
+                stored.as_deref(),
+                bytes.as_deref(),
+            );
+            match bytes {
+                None => drop(self.counters.remove(key)?),
+                Some(bytes) => drop(self.counters.insert(key, bytes.as_slice())?),
             }
         }
+        let keys_slot = slot("keys");
         for (key, k) in changed_in_order(std::mem::take(&mut self.key_overlay)) {
             if let Some(record) = &k.now {
-                self.keys.insert(key.as_str(), encode(record).as_slice())?;
+                let bytes = encode(record);
+                self.digest_record(keys_slot, key.as_bytes(), k.before.as_ref(), &bytes);
+                self.keys.insert(key.as_str(), bytes.as_slice())?;
             }
         }
         let mut clock: Vec<_> = std::mem::take(&mut self.clock_overlay)
             .into_iter()
             .collect();
         clock.sort_unstable();
+        let clock_slot = slot("operator_clock");
         for (target, at_ms) in clock {
-            self.operator_clock.insert(target.as_str(), at_ms)?;
+            let before = self
+                .operator_clock
+                .insert(target.as_str(), at_ms)?
+                .map(|v| v.value().to_le_bytes());
+            self.delta.change(
+                clock_slot,
+                target.as_bytes(),
+                before.as_ref().map(|b| b.as_slice()),
+                Some(&at_ms.to_le_bytes()),
+            );
         }
-        for (table, counts) in [
-            (&mut self.rejection_table, &self.rejections),
-            (&mut self.event_table, &self.events),
-            (&mut self.admission_table, &self.admission),
+        for (name, table, counts) in [
+            ("rejections", &mut self.rejection_table, &self.rejections),
+            ("events", &mut self.event_table, &self.events),
+            ("admission", &mut self.admission_table, &self.admission),
         ] {
+            let at = slot(name);
             for (key, n) in counts {
-                let before = table.get(*key)?.map(|v| v.value()).unwrap_or(0);
-                table.insert(*key, before + n)?;
+                let before = table.get(*key)?.map(|v| v.value());
+                let after = before.unwrap_or(0) + n;
+                table.insert(*key, after)?;
+                self.delta.change(
+                    at,
+                    key.as_bytes(),
+                    before.map(u64::to_le_bytes).as_ref().map(|b| b.as_slice()),
+                    Some(&after.to_le_bytes()),
+                );
             }
         }
         self.meta
@@ -483,11 +576,77 @@ impl<'t, 'l> Writer<'t, 'l> {
             meta::OPERATOR_MESSAGES,
             self.operator_messages.to_le_bytes().as_slice(),
         )?;
-        let tasks = self.tasks.finish(&self.locators.tasks, &mut self.meta)?;
-        let invoices = self
-            .invoices
-            .finish(&self.locators.invoices, &mut self.meta)?;
-        Ok((tasks, invoices))
+        Ok(())
+    }
+
+    /// Takes a changed record's old bytes out of its table's hash and puts the new ones in.
+    fn digest_record<R: serde::Serialize>(
+        &mut self,
+        table: usize,
+        key: &[u8],
+        before: Option<&R>,
+        after: &[u8],
+    ) {
+        if self.delta.on {
+            let before = before.map(encode);
+            self.delta
+                .change(table, key, before.as_deref(), Some(after));
+        }
+    }
+}
+
+/// Below this many changed tasks and invoices a commit hashes them itself: a thread costs more
+/// than it saves on the live fold's small commits.
+const HASH_APART_FROM: usize = 512;
+
+/// A changed task or invoice, encoded: written by the commit, hashed into the digest.
+struct Row {
+    task: bool,
+    id: [u8; 32],
+    at: Place,
+    new: bool,
+    /// The stored bytes before the commit, when the digest is kept and the record existed.
+    before: Option<Vec<u8>>,
+    bytes: Vec<u8>,
+}
+
+impl Row {
+    fn of<R: serde::Serialize>(
+        task: bool,
+        id: [u8; 32],
+        at: Place,
+        before: Option<&R>,
+        digest: bool,
+        now: &R,
+    ) -> Row {
+        Row {
+            task,
+            id,
+            at,
+            new: before.is_none(),
+            before: before.filter(|_| digest).map(encode),
+            bytes: encode(now),
+        }
+    }
+}
+
+/// Rows a hashing thread takes at a time.
+const HASH_CHUNK: usize = 128;
+
+/// What the rows not yet taken (`next` counts them off) change in the tasks' and invoices'
+/// hashes.
+fn hash_rows(rows: &[Row], next: &AtomicUsize) -> Delta {
+    let (tasks, invoices) = (slot("tasks"), slot("invoices"));
+    let mut delta = Delta::new(true);
+    loop {
+        let from = next.fetch_add(HASH_CHUNK, Ordering::Relaxed);
+        if from >= rows.len() {
+            return delta;
+        }
+        for row in &rows[from..(from + HASH_CHUNK).min(rows.len())] {
+            let table = if row.task { tasks } else { invoices };
+            delta.change(table, &row.id, row.before.as_deref(), Some(&row.bytes));
+        }
     }
 }
 

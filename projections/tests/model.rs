@@ -277,6 +277,84 @@ proptest! {
         prop_assert_eq!(one_by_one.differences(&in_batches, 10).unwrap(), Vec::<String>::new());
     }
 
+    /// The state digest (contract §11) is kept from what each commit changes: after any
+    /// sequence of batches it equals the digest computed by reading every record, and neither
+    /// the batches nor the run length (where a task is stored) change it. Digest points fall on
+    /// the multiples of `every`, gaps in the stream included, whatever the batches.
+    #[test]
+    fn the_incremental_digest_equals_a_full_scan_whatever_the_batches(
+        events in proptest::collection::vec(arb_event(), 1..250),
+        steps in proptest::collection::vec(1u64..4, 250),
+        cuts in proptest::collection::vec(1usize..60, 1..20),
+        (run_a, run_b) in (1u64..8, 1u64..8),
+        every in 1u64..40,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let one_by_one = Projections::open_with(dir.path().join("a.redb"), Options { run_len: run_a }).unwrap();
+        let in_batches = Projections::open_with(dir.path().join("b.redb"), Options { run_len: run_b }).unwrap();
+        one_by_one.set_digest_every(every);
+        in_batches.set_digest_every(every);
+        // Sequences with gaps, as a stream whose messages were deleted has.
+        let mut seq = 0;
+        let inputs: Vec<Input> = events.iter().zip(&steps)
+            .map(|(e, step)| { seq += step; Input::unsigned(seq, Ok(e.clone().into())) }).collect();
+        for input in &inputs {
+            one_by_one.apply(std::slice::from_ref(input), Outbox::Record).unwrap();
+            prop_assert_eq!(one_by_one.state_digest().unwrap(), one_by_one.scan_digest().unwrap());
+        }
+        let mut rest = inputs.as_slice();
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, tail) = rest.split_at((*cut).min(rest.len()));
+            in_batches.apply(batch, Outbox::Record).unwrap();
+            prop_assert_eq!(in_batches.state_digest().unwrap(), in_batches.scan_digest().unwrap());
+            rest = tail;
+        }
+        prop_assert_eq!(one_by_one.state_digest().unwrap(), in_batches.state_digest().unwrap());
+        let points = in_batches.digest_points(0).unwrap();
+        prop_assert_eq!(&points, &one_by_one.digest_points(0).unwrap());
+        let at: Vec<u64> = points.iter().map(|(s, _)| *s).collect();
+        let expected: Vec<u64> = (1..).map(|k| k * every).take_while(|p| *p <= seq).collect();
+        prop_assert_eq!(at, expected);
+        // Each point is the digest of a database folded up to it, and only up to it.
+        if let Some((p, digest)) = points.last() {
+            let upto = Projections::open(dir.path().join("c.redb")).unwrap();
+            let prefix: Vec<Input> = inputs.iter().filter(|i| i.seq <= *p).cloned().collect();
+            upto.apply(&prefix, Outbox::Skip).unwrap();
+            prop_assert_eq!(&upto.scan_digest().unwrap(), digest);
+        }
+    }
+
+    /// Any one record changed behind the fold's back changes the digest computed by a scan,
+    /// in the table that holds it and in no other.
+    #[test]
+    fn any_single_changed_record_changes_the_digest(
+        events in proptest::collection::vec(arb_event(), 1..120),
+        run_len in 1u64..8,
+        which in 0usize..6,
+        pick in any::<proptest::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.redb");
+        let before = {
+            let db = Projections::open_with(&path, Options { run_len }).unwrap();
+            let inputs: Vec<Input> = events.iter().enumerate()
+                .map(|(i, e)| Input::unsigned(i as u64 + 1, Ok(e.clone().into()))).collect();
+            db.apply(&inputs, Outbox::Record).unwrap();
+            db.scan_digest().unwrap()
+        };
+        if let Some(table) = tamper(&path, which, pick) {
+            let db = Projections::open(&path).unwrap();
+            let after = db.scan_digest().unwrap();
+            prop_assert_ne!(after.text(), before.text());
+            prop_assert_eq!(after.differing(&before), vec![table]);
+            // The incremental digest did not see it: only a scan does (what `audit` runs).
+            prop_assert_eq!(db.state_digest().unwrap(), before);
+        }
+    }
+
     #[test]
     fn projections_agree_with_the_reference_model(
         events in proptest::collection::vec(arb_event(), 1..250),
@@ -398,4 +476,112 @@ proptest! {
     ) {
         prop_assert_eq!(fold_all(&events), fold_all(&shuffled));
     }
+}
+
+/// Flips one byte of the value of the `pick`-th row of a table, behind the fold's back.
+macro_rules! flip {
+    ($db:expr, $name:expr, $key:ty, $owned:ty, $own:expr, $lend:expr, $pick:expr) => {{
+        use redb::{ReadableDatabase, ReadableTable};
+        let def: redb::TableDefinition<$key, &[u8]> = redb::TableDefinition::new($name);
+        let keys: Vec<$owned> = {
+            let read = $db.begin_read().unwrap();
+            let table = read.open_table(def).unwrap();
+            table
+                .iter()
+                .unwrap()
+                .map(|r| $own(r.unwrap().0.value()))
+                .collect()
+        };
+        if keys.is_empty() {
+            None
+        } else {
+            let key = &keys[$pick.index(keys.len())];
+            let txn = $db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(def).unwrap();
+                let mut value = table.get($lend(key)).unwrap().unwrap().value().to_vec();
+                let last = value.len() - 1;
+                value[last] ^= 1;
+                table.insert($lend(key), value.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+            Some(format!("{key:?}"))
+        }
+    }};
+}
+
+fn lend_run(k: &(u32, [u8; 32])) -> (u32, &[u8; 32]) {
+    (k.0, &k.1)
+}
+
+#[allow(clippy::ptr_arg)] // the macro hands each key type by reference to what it owns
+fn lend_text(k: &String) -> &str {
+    k.as_str()
+}
+
+/// Changes one record of the table `which` names, as someone with the file could; returns the
+/// digested table that holds it, or `None` when that table is empty.
+fn tamper(
+    path: &std::path::Path,
+    which: usize,
+    pick: proptest::sample::Index,
+) -> Option<&'static str> {
+    let db = redb::Database::open(path).unwrap();
+    let id = |k: u64| k;
+    let run = |k: (u32, &[u8; 32])| (k.0, *k.1);
+    let text = |k: &str| k.to_string();
+    let (table, changed) = match which {
+        0 => (
+            "tasks",
+            flip!(db, "tasks_hot", u64, u64, id, |k: &u64| *k, pick),
+        ),
+        1 => (
+            "tasks",
+            flip!(
+                db,
+                "tasks",
+                (u32, &[u8; 32]),
+                (u32, [u8; 32]),
+                run,
+                lend_run,
+                pick
+            ),
+        ),
+        2 => (
+            "invoices",
+            flip!(db, "invoices_hot", u64, u64, id, |k: &u64| *k, pick),
+        ),
+        3 => (
+            "nodes",
+            flip!(db, "nodes", &str, String, text, lend_text, pick),
+        ),
+        4 => (
+            "counters",
+            flip!(
+                db,
+                "counters",
+                (u8, i64),
+                (u8, i64),
+                |k| k,
+                |k: &(u8, i64)| *k,
+                pick
+            ),
+        ),
+        _ => {
+            // A folded key of `meta`, not its position or bookkeeping.
+            use redb::ReadableTable;
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let key = truebit_projections::digest::DIGESTED_META[pick.index(4)];
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(def).unwrap();
+                let mut value = table.get(key).unwrap().unwrap().value().to_vec();
+                value[0] ^= 1;
+                table.insert(key, value.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+            ("meta", Some(key.to_string()))
+        }
+    };
+    changed.map(|_| table)
 }

@@ -239,6 +239,123 @@ fn version_3_is_upgraded_in_place_only_while_no_operator_event_was_folded() {
     assert!(err.to_string().contains("replay"), "{err}");
 }
 
+/// A version 4 database (no digest) gets its digest by one scan when opened, and keeps it from
+/// then on; so does a database folded with the digest off.
+#[test]
+fn a_database_without_a_digest_gets_one_by_a_scan_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.redb");
+    let folded = {
+        let db = Projections::open(&path).unwrap();
+        let inputs: Vec<Input> = (0..50)
+            .map(|i| {
+                Input::unsigned(
+                    i + 1,
+                    Ok(heartbeat(&format!("node-{}", i % 7), T0 + i as i64).into()),
+                )
+            })
+            .collect();
+        db.apply(&inputs, Outbox::Record).unwrap();
+        db.scan_digest().unwrap()
+    };
+    {
+        // What a build of version 4 left: neither the digest's tables nor its marker.
+        let raw = redb::Database::open(&path).unwrap();
+        let txn = raw.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let mut table = txn.open_table(meta).unwrap();
+        table
+            .insert("schema_version", 4u64.to_le_bytes().as_slice())
+            .unwrap();
+        table.remove("digest").unwrap();
+        drop(table);
+        txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new("digest"))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let db = Projections::open(&path).unwrap();
+    assert_eq!(db.state_digest().unwrap(), folded);
+    db.set_digest(false);
+    db.apply(
+        &[Input::unsigned(51, Ok(heartbeat("node-x", T0).into()))],
+        Outbox::Record,
+    )
+    .unwrap();
+    assert_ne!(
+        db.state_digest().unwrap(),
+        db.scan_digest().unwrap(),
+        "not kept while off"
+    );
+    drop(db);
+    let db = Projections::open(&path).unwrap();
+    assert_eq!(db.state_digest().unwrap(), db.scan_digest().unwrap());
+    assert_ne!(db.state_digest().unwrap(), folded);
+}
+
+/// A commit with many tasks hashes them on another thread while it writes them: the digest is
+/// the same as when small commits hash each record themselves.
+#[test]
+fn a_large_commit_keeps_the_digest_as_small_ones_do() {
+    let task = |i: u64, received: bool| {
+        let task = Digest(*blake3_like(i));
+        let kind = if received {
+            EventKind::TaskReceived {
+                task,
+                chain_id: Some("1".into()),
+                task_type: None,
+            }
+        } else {
+            EventKind::TaskCompleted {
+                task,
+                outcome: truebit_streams::Outcome {
+                    success: Some(i.is_multiple_of(3)),
+                    ..Default::default()
+                },
+            }
+        };
+        Event {
+            node_id: format!("node-{}", i % 5),
+            minute: T0 + (i % 90) as i64,
+            kind,
+        }
+    };
+    // Receipts of 3,000 tasks, then completions of every other one: updates, taking the old
+    // bytes out as well.
+    let events: Vec<Event> = (0..3000)
+        .map(|i| task(i, true))
+        .chain((0..3000).step_by(2).map(|i| task(i, false)))
+        .collect();
+    let inputs: Vec<Input> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Input::unsigned(i as u64 + 1, Ok(e.clone().into())))
+        .collect();
+    let (_d1, large) = db();
+    let (_d2, small) = db();
+    large.apply(&inputs[..3000], Outbox::Record).unwrap();
+    large.apply(&inputs[3000..], Outbox::Record).unwrap();
+    for chunk in inputs.chunks(100) {
+        small.apply(chunk, Outbox::Record).unwrap();
+    }
+    assert_eq!(large.state_digest().unwrap(), large.scan_digest().unwrap());
+    assert_eq!(large.state_digest().unwrap(), small.state_digest().unwrap());
+    assert_eq!(small.state_digest().unwrap(), small.scan_digest().unwrap());
+}
+
+/// 32 bytes that differ for every `i`.
+fn blake3_like(i: u64) -> Box<[u8; 32]> {
+    let mut out = [0u8; 32];
+    for (k, b) in out.iter_mut().enumerate() {
+        *b = (i
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(k as u32 * 7)
+            >> 24) as u8
+            ^ k as u8;
+    }
+    out[..8].copy_from_slice(&i.to_le_bytes());
+    Box::new(out)
+}
+
 #[test]
 fn differences_name_the_table_and_key() {
     let (_d1, a) = db();

@@ -49,6 +49,12 @@ pub struct Options {
     /// The root key (`ADMIN_KEY`) to fold the key registry with: the live fold's, or the
     /// rebuild decides otherwise than it did.
     pub admin_key: Option<PublicKey>,
+    /// The network's `digest-every` (contract §11): the rebuild ends a commit at each multiple
+    /// and records the digest there, as the live fold does; 0 records none.
+    pub digest_every: u64,
+    /// The output already holds the state at this sequence (a checkpoint the caller fetched
+    /// and checked, see [`download_checkpoint`]): fold on from there, and choose no checkpoint.
+    pub base: Option<u64>,
 }
 
 /// What a rebuild did.
@@ -131,7 +137,7 @@ pub async fn rebuild(
     options: Options,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Rebuilt, Error> {
-    if output.exists() {
+    if output.exists() && options.base.is_none() {
         return Err(Error::OutputExists {
             path: output.to_path_buf(),
         });
@@ -158,7 +164,9 @@ pub async fn rebuild(
     };
     let identity = truebit_streams::names::stream_identity(&info.config.name, info.created);
 
-    let base = if options.prefer_checkpoint || first > 1 {
+    let base = if options.base.is_some() {
+        options.base
+    } else if options.prefer_checkpoint || first > 1 {
         choose_checkpoint(js, output, first, target, &identity).await?
     } else {
         None
@@ -171,11 +179,13 @@ pub async fn rebuild(
     }
     let path = output.to_path_buf();
     let admin_key = options.admin_key.clone();
+    let every = options.digest_every;
     let db = Arc::new(
         blocking(move || {
             let db = Projections::open(path)?;
             db.set_stream_identity(&identity)?;
             db.bind_admin_key(admin_key.as_ref())?;
+            db.set_digest_every(every);
             Ok(db)
         })
         .await?,
@@ -288,43 +298,57 @@ async fn choose_checkpoint(
         if seq + 1 < first {
             break; // older ones leave a bigger gap
         }
-        let mut object = store
-            .get(checkpoint_name(seq))
-            .await
-            .map_err(|e| nats("reading a checkpoint", e))?;
-        let mut file = tokio::fs::File::create(output)
-            .await
-            .map_err(|source| Error::Io {
-                what: "creating the file for a checkpoint",
-                path: output.to_path_buf(),
-                source,
-            })?;
-        // The copy fails on either side: the object store's reader or the local file.
-        tokio::io::copy(&mut object, &mut file)
-            .await
-            .map_err(|source| Error::Io {
-                what: "downloading a checkpoint into",
-                path: output.to_path_buf(),
-                source,
-            })?;
-        drop(file);
-        let path = output.to_path_buf();
-        let (held, belongs) = blocking(move || {
-            let db = Projections::open_existing(path)?;
-            Ok((db.last_seq()?, db.stream_identity()?))
-        })
-        .await?;
-        if held == seq && belongs.as_deref() == Some(identity) {
+        if download_checkpoint(&store, seq, output, identity).await? {
             tracing::info!(seq, "starting from checkpoint");
             return Ok(Some(seq));
         }
-        tracing::warn!(
-            seq,
-            held,
-            ?belongs,
-            "checkpoint does not match its name or this stream; skipped"
-        );
-        let _ = std::fs::remove_file(output);
     }
     Ok(None)
+}
+
+/// Downloads the checkpoint at `seq` into `output` and says whether it holds what its name
+/// says, of this stream (`identity`); one that does not is removed.
+pub async fn download_checkpoint(
+    store: &jetstream::object_store::ObjectStore,
+    seq: u64,
+    output: &Path,
+    identity: &str,
+) -> Result<bool, Error> {
+    let mut object = store
+        .get(checkpoint_name(seq))
+        .await
+        .map_err(|e| nats("reading a checkpoint", e))?;
+    let mut file = tokio::fs::File::create(output)
+        .await
+        .map_err(|source| Error::Io {
+            what: "creating the file for a checkpoint",
+            path: output.to_path_buf(),
+            source,
+        })?;
+    // The copy fails on either side: the object store's reader or the local file.
+    tokio::io::copy(&mut object, &mut file)
+        .await
+        .map_err(|source| Error::Io {
+            what: "downloading a checkpoint into",
+            path: output.to_path_buf(),
+            source,
+        })?;
+    drop(file);
+    let path = output.to_path_buf();
+    let (held, belongs) = blocking(move || {
+        let db = Projections::open_existing(path)?;
+        Ok((db.last_seq()?, db.stream_identity()?))
+    })
+    .await?;
+    if held == seq && belongs.as_deref() == Some(identity) {
+        return Ok(true);
+    }
+    tracing::warn!(
+        seq,
+        held,
+        ?belongs,
+        "checkpoint does not match its name or this stream; skipped"
+    );
+    let _ = std::fs::remove_file(output);
+    Ok(false)
 }

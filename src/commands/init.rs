@@ -10,10 +10,12 @@ pub async fn init(
     nats: &NatsConfig,
     config: &TopologyConfig,
     salt: Option<&str>,
+    digest_every: Option<u64>,
 ) -> Result<String, Error> {
     let client = nats.connect("truebit-federation init").await?;
     let js = jetstream::new(client);
     let mut t = topology::ensure(&js, config).await?;
+    let every = topology::digest_every(&js, digest_every, true).await?;
     let mut out = String::new();
     for stream in [&mut t.events, &mut t.dlq, &mut t.history] {
         let info = stream
@@ -48,7 +50,7 @@ pub async fn init(
         None => "ready",
     };
     out.push_str(&format!(
-        "kv     {:<16} {salt_line}\n",
+        "kv     {:<16} {salt_line}; digest-every {every}\n",
         topology::CONFIG_BUCKET
     ));
     Ok(out)

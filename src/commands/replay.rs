@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use truebit_projections::task::blocking;
-use truebit_projections::Projections;
+use truebit_projections::{Projections, StateDigest};
 use truebit_streams::PublicKey;
 
 #[derive(Debug, Clone)]
@@ -29,12 +29,15 @@ const SHOWN_DIFFERENCES: usize = 20;
 pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
     let client = config.nats.connect("truebit-federation replay").await?;
     let js = jetstream::new(client.clone());
+    // Commits end where the live fold's do, so that the rebuild records the same digest points.
+    let digest_every = crate::infra::topology::digest_every(&js, None, false).await?;
     if config.verify {
         return verify(
             &js,
             &config.db_path,
             config.output.as_deref(),
             config.admin_key.as_ref(),
+            digest_every,
         )
         .await;
     }
@@ -49,6 +52,8 @@ pub async fn replay(config: &ReplayConfig) -> Result<String, Error> {
         prefer_checkpoint: true,
         allow_gap: config.allow_gap,
         admin_key: config.admin_key.clone(),
+        digest_every,
+        base: None,
     };
     if let Some(output) = &config.output {
         let rebuilt = run(&js, output, options).await?;
@@ -133,6 +138,7 @@ async fn verify(
     db_path: &Path,
     keep: Option<&Path>,
     admin_key: Option<&PublicKey>,
+    digest_every: u64,
 ) -> Result<String, Error> {
     let path = db_path.to_path_buf();
     let live = blocking(move || Projections::open_existing(path)).await.map_err(|e| match e {
@@ -159,12 +165,14 @@ async fn verify(
         prefer_checkpoint: false,
         allow_gap: false,
         admin_key: admin_key.cloned(),
+        digest_every,
+        base: None,
     };
     let outcome = compare(js, live, &target, options).await;
     if keep.is_none() {
         remove_if_exists(&target)?;
     }
-    let (rebuilt, differences) = outcome?;
+    let (rebuilt, differences, rebuilt_digest) = outcome?;
     let kept = match keep {
         Some(path) => format!("; the rebuild is kept at {}", path.display()),
         None => String::new(),
@@ -178,8 +186,9 @@ async fn verify(
     }
     if differences.is_empty() {
         return Ok(format!(
-            "verified: a rebuild up to sequence {live_seq} matches {} record for record{kept}\n",
-            db_path.display()
+            "verified: a rebuild up to sequence {live_seq} matches {} record for record, and its state digest {digest}{kept}\n",
+            db_path.display(),
+            digest = rebuilt_digest.text(),
         ));
     }
     Err(Error::CheckFailed(format!(
@@ -190,25 +199,56 @@ async fn verify(
     )))
 }
 
-/// Rebuilds into `target` and lists how `live` differs from it.
+/// Rebuilds into `target` and lists how `live` differs from it: record by record, then the
+/// state digest (contract §11) that the live database keeps against the rebuild's computed by
+/// reading every record, and the digest points both recorded. Returns the rebuild's digest.
 async fn compare(
     js: &jetstream::Context,
     live: Projections,
     target: &Path,
     options: truebit_replay::Options,
-) -> Result<(truebit_replay::Rebuilt, Vec<String>), Error> {
+) -> Result<(truebit_replay::Rebuilt, Vec<String>, StateDigest), Error> {
     let rebuilt = run(js, target, options).await?;
     let target = target.to_path_buf();
-    let differences = blocking(move || {
+    let (differences, digest) = blocking(move || {
         let other = Projections::open_existing(target)?;
-        live.differences(&other, SHOWN_DIFFERENCES)
+        let mut differences = live.differences(&other, SHOWN_DIFFERENCES)?;
+        let (kept, scanned) = (live.state_digest()?, other.scan_digest()?);
+        if kept != scanned {
+            differences.push(format!(
+                "state digest: the live database keeps {kept}, the rebuild's is {scanned}; tables that differ: {}",
+                kept.differing(&scanned).join(", ")
+            ));
+        }
+        let theirs: std::collections::BTreeMap<u64, StateDigest> =
+            other.digest_points(0)?.into_iter().collect();
+        for (seq, mine) in live.digest_points(0)? {
+            match theirs.get(&seq) {
+                Some(t) if *t != mine => differences.push(format!(
+                    "digest point {seq}: the live database recorded {mine}, the rebuild {t}; tables that differ: {}",
+                    mine.differing(t).join(", ")
+                )),
+                _ => {}
+            }
+        }
+        Ok((differences, scanned))
     })
     .await?;
-    Ok((rebuilt, differences))
+    Ok((rebuilt, differences, digest))
 }
 
 /// Rebuilds with progress: a bar on a terminal, a line every 5 s otherwise.
-async fn run(
+pub(crate) async fn run(
+    js: &jetstream::Context,
+    output: &Path,
+    options: truebit_replay::Options,
+) -> Result<truebit_replay::Rebuilt, Error> {
+    run_as("replay", js, output, options).await
+}
+
+/// [`run`], its progress named `label` (the command that rebuilds).
+pub(crate) async fn run_as(
+    label: &'static str,
     js: &jetstream::Context,
     output: &Path,
     options: truebit_replay::Options,
@@ -217,9 +257,9 @@ async fn run(
     let bar = terminal.then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} replay [{bar:40}] {pos}/{len} seq  {msg}  ETA {eta}",
-            )
+            indicatif::ProgressStyle::with_template(&format!(
+                "{{spinner}} {label} [{{bar:40}}] {{pos}}/{{len}} seq  {{msg}}  ETA {{eta}}"
+            ))
             .expect("a valid template")
             .progress_chars("=> "),
         );
@@ -240,7 +280,7 @@ async fn run(
             first = false;
             last_line = Instant::now();
             let rate = seq as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("replay: sequence {seq} of {target}, {rate:.0} events/s");
+            eprintln!("{label}: sequence {seq} of {target}, {rate:.0} events/s");
         }
     })
     .await?;
@@ -248,7 +288,7 @@ async fn run(
         bar.finish_and_clear();
     }
     if let Some(seq) = rebuilt.checkpoint {
-        eprintln!("replay: started from the checkpoint at sequence {seq}");
+        eprintln!("{label}: started from the checkpoint at sequence {seq}");
     } else if rebuilt.first_seq > 1 {
         eprintln!(
             "WARNING: TRUEBIT_EVENTS now starts at sequence {}: sequences 1..{} have expired or been deleted, and this rebuild does not include them; its all-time numbers are lower than the live fold's",

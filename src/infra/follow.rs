@@ -36,6 +36,8 @@ pub(crate) struct Following {
     /// Named in the log when the stream cannot be read.
     name: &'static str,
     headers_only: bool,
+    /// Only messages on this subject, when set.
+    subject: Option<&'static str>,
     /// The sequence of the next message to hand on.
     next: u64,
     messages: Option<Ordered>,
@@ -48,6 +50,7 @@ impl Following {
             stream,
             name,
             headers_only: false,
+            subject: None,
             next: from,
             messages: None,
             backoff: Backoff::new(),
@@ -57,6 +60,12 @@ impl Following {
     /// Only the messages' headers are read.
     pub fn headers_only(mut self) -> Self {
         self.headers_only = true;
+        self
+    }
+
+    /// Only the messages on `subject`.
+    pub fn only(mut self, subject: &'static str) -> Self {
+        self.subject = Some(subject);
         self
     }
 
@@ -71,7 +80,7 @@ impl Following {
     pub async fn next(&mut self, shutdown: &mut Shutdown) -> Option<Followed> {
         loop {
             let Some(messages) = self.messages.as_mut() else {
-                match open(&self.stream, self.next, self.headers_only).await {
+                match open(&self.stream, self.next, self.headers_only, self.subject).await {
                     Ok(messages) => self.messages = Some(messages),
                     Err(e) => {
                         tracing::warn!(error = %e, stream = self.name, "cannot read the stream yet; retrying");
@@ -118,11 +127,17 @@ impl Following {
 }
 
 /// An ordered consumer on `stream` from `next` on.
-async fn open(stream: &Stream, next: u64, headers_only: bool) -> Result<Ordered, String> {
+async fn open(
+    stream: &Stream,
+    next: u64,
+    headers_only: bool,
+    subject: Option<&'static str>,
+) -> Result<Ordered, String> {
     let consumer = stream
         .create_consumer(OrderedConfig {
             deliver_policy: deliver_from(next),
             headers_only,
+            filter_subject: subject.map(str::to_string).unwrap_or_default(),
             ..Default::default()
         })
         .await

@@ -13,8 +13,8 @@ use async_nats::jetstream::{self, kv, Context};
 use std::time::Duration;
 
 pub use truebit_streams::names::{
-    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DLQ_STREAM, EVENTS_STREAM, HISTORY_STREAM,
-    LEADER_BUCKET, SALT_KEY, STATS_BUCKET,
+    CHECKPOINT_BUCKET, CONFIG_BUCKET, CONSUMER, DEFAULT_DIGEST_EVERY, DIGEST_EVERY_KEY, DLQ_STREAM,
+    EVENTS_STREAM, HISTORY_STREAM, LEADER_BUCKET, SALT_KEY, STATS_BUCKET,
 };
 use truebit_streams::subjects;
 
@@ -161,7 +161,10 @@ pub fn history_stream_config(cfg: &TopologyConfig) -> Config {
     Config {
         name: HISTORY_STREAM.to_string(),
         description: Some("TrueBit network history: a record per published snapshot".into()),
-        subjects: vec![subjects::STATS_HISTORY.to_string()],
+        subjects: vec![
+            subjects::STATS_HISTORY.to_string(),
+            subjects::STATS_DIGEST.to_string(),
+        ],
         storage: StorageType::File,
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
@@ -231,6 +234,71 @@ pub async fn put_salt_if_absent(js: &Context, salt: &str) -> Result<bool, Topolo
             format!("writing the salt to {CONFIG_BUCKET}"),
             e,
         )),
+    }
+}
+
+/// The network's `digest-every` (contract §11): the value in `truebit-config`, written there
+/// first (`flag`, else the default) when the network has none and `write` allows it. A flag that
+/// disagrees with the network's value is an error naming both, since instances that cut their
+/// commits elsewhere would record no point in common.
+pub async fn digest_every(
+    js: &Context,
+    flag: Option<u64>,
+    write: bool,
+) -> Result<u64, crate::Error> {
+    let kv = js
+        .get_key_value(CONFIG_BUCKET)
+        .await
+        .map_err(|e| TopologyError::js(format!("opening KV bucket {CONFIG_BUCKET}"), e))?;
+    let read = |bytes: &[u8]| -> Result<u64, crate::Error> {
+        let text = String::from_utf8_lossy(bytes);
+        text.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            crate::Error::Usage(format!(
+                "the KV key {DIGEST_EVERY_KEY} of {CONFIG_BUCKET} holds {text:?}, not a positive number; put the network's value back (nats kv put {CONFIG_BUCKET} {DIGEST_EVERY_KEY} 10000)"
+            ))
+        })
+    };
+    let stored = kv.get(DIGEST_EVERY_KEY).await.map_err(|e| {
+        TopologyError::js(
+            format!("reading {DIGEST_EVERY_KEY} from {CONFIG_BUCKET}"),
+            e,
+        )
+    })?;
+    let network = match stored {
+        Some(bytes) => read(&bytes)?,
+        None if write => {
+            let want = flag.unwrap_or(DEFAULT_DIGEST_EVERY);
+            match kv
+                .create(DIGEST_EVERY_KEY, want.to_string().into_bytes().into())
+                .await
+            {
+                Ok(_) => want,
+                // Another instance wrote it first: its value is the network's.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let again = kv.get(DIGEST_EVERY_KEY).await.map_err(|e| {
+                        TopologyError::js(
+                            format!("reading {DIGEST_EVERY_KEY} from {CONFIG_BUCKET}"),
+                            e,
+                        )
+                    })?;
+                    read(&again.unwrap_or_default())?
+                }
+                Err(e) => {
+                    return Err(TopologyError::js(
+                        format!("writing {DIGEST_EVERY_KEY} to {CONFIG_BUCKET}"),
+                        e,
+                    )
+                    .into())
+                }
+            }
+        }
+        None => flag.unwrap_or(DEFAULT_DIGEST_EVERY),
+    };
+    match flag {
+        Some(flag) if flag != network => Err(crate::Error::Usage(format!(
+            "--digest-every / DIGEST_EVERY is {flag}, but the network's value (KV key {DIGEST_EVERY_KEY} of {CONFIG_BUCKET}) is {network}; it is one value for the whole network: drop the flag, or set it to {network}"
+        ))),
+        _ => Ok(network),
     }
 }
 

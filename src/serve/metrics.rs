@@ -47,6 +47,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// What `/readyz` would answer, as 1 or 0: set at each scrape, so that an alert sees it.
     pub ready: Gauge,
+    /// Published digest points (contract §11) that this instance's own differs from.
+    pub digest_mismatches: Counter,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,7 @@ impl Metrics {
             database_bytes: Gauge::default(),
             leader: Gauge::default(),
             ready: Gauge::default(),
+            digest_mismatches: Counter::default(),
             registry: Registry::default(),
         };
         // Every label known from the start, at 0: a rate over a series that appears late is wrong.
@@ -165,6 +168,11 @@ impl Metrics {
             "truebit_ready",
             "1 when /readyz answers 200 (connected to NATS, caught up, lag under one batch), else 0",
             m.ready.clone(),
+        );
+        registry.register(
+            "truebit_digest_mismatches",
+            "Published digest points (truebit.stats.digest) that this instance's own state digest differs from (contract 11)",
+            m.digest_mismatches.clone(),
         );
         Metrics { registry, ..m }
     }

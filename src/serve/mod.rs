@@ -8,6 +8,7 @@ mod catch_up;
 mod checkpoint;
 mod commit;
 mod dead_letters;
+mod digests;
 pub mod http;
 mod lag;
 mod leader;
@@ -60,6 +61,12 @@ pub struct ServeConfig {
     pub http_addr: Option<SocketAddr>,
     /// Set to the address HTTP listens on once it does (port 0 picks a free one).
     pub http_bound: Arc<OnceLock<SocketAddr>>,
+    /// `--digest-every`: must equal the network's value in `truebit-config` when given; the
+    /// network's value (written there first when absent) is used (contract §11).
+    pub digest_every: Option<u64>,
+    /// Whether commits keep the state digest. Off only to measure what it costs (`--no-digest`,
+    /// for benchmarks): such an instance records no points and publishes no digest.
+    pub digest: bool,
 }
 
 impl ServeConfig {
@@ -78,6 +85,8 @@ impl ServeConfig {
             // Embedded, HTTP is opt-in; the command line's default is 127.0.0.1:8480.
             http_addr: None,
             http_bound: Arc::default(),
+            digest_every: None,
+            digest: true,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::infra::shutdown::Shutdown;
 use async_nats::jetstream::stream::Stream;
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};
-use truebit_streams::{HistoryRecord, Minute};
+use truebit_streams::{subjects, HistoryRecord, Minute};
 
 /// Nodes as a published record counted them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub async fn follow(stream: Stream, history: std::sync::Arc<NodeHistory>, mut st
     // it holds part of is kept); `None` when it keeps everything.
     let max_age = stream.cached_info().config.max_age;
     let keep = (!max_age.is_zero()).then(|| max_age.as_secs().div_ceil(60) as Minute);
-    let mut records = Following::new(stream, "TRUEBIT_STATS", 1);
+    let mut records = Following::new(stream, "TRUEBIT_STATS", 1).only(subjects::STATS_HISTORY);
     while let Some(followed) = records.next(&mut stop).await {
         let Some(record) = HistoryRecord::parse(&followed.message.payload) else {
             tracing::debug!("a TRUEBIT_STATS message that is not a history record; skipped");

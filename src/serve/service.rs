@@ -3,6 +3,7 @@
 
 use super::catch_up::CatchUp;
 use super::dead_letters;
+use super::digests::{self, PointPublisher};
 use super::http::{self, AppState};
 use super::lag;
 use super::leader::{self, Leader};
@@ -34,6 +35,7 @@ const QUEUED_BATCHES: usize = 16;
 /// What the loop needs between events.
 pub(super) struct Service {
     publisher: SnapshotPublisher,
+    points: PointPublisher,
     leader: Leader,
     became_leader: watch::Receiver<bool>,
     applied: watch::Receiver<u64>,
@@ -121,11 +123,22 @@ impl Service {
             })
         };
         let nodes = Arc::new(NodeHistory::default());
-        let history = tokio::spawn(node_history::follow(
-            topology.history.clone(),
-            nodes.clone(),
-            shutdown.clone(),
-        ));
+        let (applied_tx, applied_rx) = watch::channel(applied);
+        // Both read TRUEBIT_STATS, each its own subject, and stop with the process.
+        let history = {
+            let follow =
+                node_history::follow(topology.history.clone(), nodes.clone(), shutdown.clone());
+            let compare = digests::compare(
+                topology.history.clone(),
+                db.clone(),
+                applied_rx.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::join!(follow, compare);
+            })
+        };
         let http = listener.map(|listener| {
             let state = AppState {
                 metrics: metrics.clone(),
@@ -143,7 +156,6 @@ impl Service {
         // queue up while a commit runs are folded together in the next one, so that commits grow
         // with the load: small and prompt when the stream is quiet, large and cheap per event in
         // a burst.
-        let (applied_tx, applied_rx) = watch::channel(applied);
         let (checks_tx, checks) = watch::channel(Checks::after(db.admission_mode()?));
         let (ready_tx, ready_rx) = mpsc::channel(QUEUED_BATCHES);
         let receiver = Receiver {
@@ -183,6 +195,7 @@ impl Service {
             )),
             stop: dlq_stop,
         };
+        let points = PointPublisher::new(js.clone(), db.clone(), leader.clone());
         let dead_letters = tokio::spawn(dead_letters::send_outbox(
             js,
             db.clone(),
@@ -195,6 +208,7 @@ impl Service {
         let service = Service {
             became_leader: leader.subscribe(),
             publisher,
+            points,
             leader,
             applied: applied_rx,
             catch_up: CatchUp::new(applied, target),
@@ -257,6 +271,7 @@ impl Service {
         self.metrics.leader.set(leading as i64);
         if leading {
             self.publisher.publish().await;
+            self.points.publish().await;
         }
     }
 
@@ -290,6 +305,9 @@ impl Service {
 
     async fn committed(&mut self) {
         let applied = *self.applied.borrow_and_update();
+        // Quick when no point was recorded since the last: one read of the points table.
+        let points = self.points.clone();
+        tokio::spawn(async move { points.publish().await });
         if self.catch_up.progress(applied) {
             self.status.caught_up.store(true, Ordering::Relaxed);
             self.publisher.publish().await;

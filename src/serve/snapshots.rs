@@ -21,8 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 use truebit_projections::task::blocking;
-use truebit_projections::Projections;
-use truebit_streams::names::{HEADER_INSTANCE, HEADER_LAST_SEQ, HISTORY_STREAM};
+use truebit_projections::{Projections, StateDigest};
+use truebit_streams::names::{
+    HEADER_INSTANCE, HEADER_LAST_SEQ, HEADER_STATE_DIGEST, HISTORY_STREAM,
+};
 use truebit_streams::{subjects, HistoryRecord, Minute, Snapshot};
 
 #[derive(Clone)]
@@ -181,9 +183,12 @@ impl SnapshotPublisher {
         Ok(blocking(move || db.snapshots(at)).await?)
     }
 
-    async fn snapshots_with_seq(&self, at: Minute) -> Result<(u64, Vec<Snapshot>), crate::Error> {
+    async fn snapshots_with_digest(
+        &self,
+        at: Minute,
+    ) -> Result<(u64, StateDigest, Vec<Snapshot>), crate::Error> {
         let db = self.db.clone();
-        Ok(blocking(move || db.snapshots_with_seq(at)).await?)
+        Ok(blocking(move || db.snapshots_with_digest(at)).await?)
     }
 
     /// Publishes the snapshot of every period at the current minute, stamped with the last
@@ -195,14 +200,16 @@ impl SnapshotPublisher {
             return;
         }
         let started = Instant::now();
-        let (applied, snapshots) =
-            match self.snapshots_with_seq(truebit_streams::now_minute()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot compute the snapshot");
-                    return;
-                }
-            };
+        let (applied, digest, snapshots) = match self
+            .snapshots_with_digest(truebit_streams::now_minute())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot compute the snapshot");
+                return;
+            }
+        };
         let computed = started.elapsed();
         // A new leader whose fold stalled behind what the last one published must not make the
         // numbers go back: it catches up first.
@@ -218,6 +225,7 @@ impl SnapshotPublisher {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LAST_SEQ, applied.to_string().as_str());
         headers.insert(HEADER_INSTANCE, self.lead.instance.as_str());
+        headers.insert(HEADER_STATE_DIGEST, digest.text().as_str());
         {
             let term = self.lead.leader.term();
             let mut revisions = self.revisions();
@@ -264,7 +272,7 @@ impl SnapshotPublisher {
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot publish the snapshot"),
                 }
-                self.store_history(&HistoryRecord::of(snapshot, applied))
+                self.store_history(&HistoryRecord::of(snapshot, applied), &digest)
                     .await;
             }
         }
@@ -285,7 +293,7 @@ impl SnapshotPublisher {
     /// sequence of the last record this instance wrote or read, so that a cut-off leader's late
     /// record does not land after a newer leader's. A failure is logged, and the history has a
     /// gap there (the next publish stores the next record).
-    async fn store_history(&self, record: &HistoryRecord) {
+    async fn store_history(&self, record: &HistoryRecord, digest: &StateDigest) {
         let known = self.revisions().history;
         let last = match known {
             Some(seq) => seq,
@@ -306,6 +314,8 @@ impl SnapshotPublisher {
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             last.to_string().as_str(),
         );
+        headers.insert(HEADER_LAST_SEQ, record.seq.to_string().as_str());
+        headers.insert(HEADER_STATE_DIGEST, digest.text().as_str());
         let stored = match self
             .js
             .publish_with_headers(subjects::STATS_HISTORY, headers, record.to_json().into())

@@ -33,11 +33,20 @@ pub(super) async fn open(config: &ServeConfig) -> Result<Opened, Error> {
     let client = config.nats.connect("truebit-federation serve").await?;
     let js = jetstream::new(client.clone());
     let topology = topology::ensure(&js, &config.topology).await?;
-    let (path, admin_key) = (config.db_path.clone(), config.admin_key.clone());
+    let every = topology::digest_every(&js, config.digest_every, true).await?;
+    let (path, admin_key, digest) = (
+        config.db_path.clone(),
+        config.admin_key.clone(),
+        config.digest,
+    );
     let db = Arc::new(
         blocking(move || {
             let db = Projections::open(path)?;
             db.bind_admin_key(admin_key.as_ref())?;
+            db.set_digest(digest);
+            db.set_digest_every(every);
+            // Checkpoints copy the state at a digest point, so that an auditor can check one.
+            db.keep_point_views(true);
             Ok(db)
         })
         .await?,

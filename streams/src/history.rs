@@ -63,6 +63,36 @@ impl HistoryRecord {
     }
 }
 
+/// A digest point (contract §11) as published on `truebit.stats.digest`:
+///
+/// ```json
+/// {"seq":20000,"digest":"lthash16:<64 hex>","tables":{"meta":"<64 hex>","tasks":"…",…}}
+/// ```
+///
+/// `digest` is the state digest after folding every message up to `seq`; `tables` the checksum
+/// of each state table, which names the tables that differ when two digests do. A point with
+/// `"checkpoint": true` is the digest of the checkpoint stored at `seq` (not a multiple of
+/// `digest-every`), which `audit` checks a checkpoint against before it starts from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestPoint {
+    pub seq: u64,
+    pub digest: String,
+    pub tables: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint: bool,
+}
+
+impl DigestPoint {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a digest point serializes")
+    }
+
+    /// Reads a point; `None` for anything else.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,7 @@ pub use event::{
     now_minute, parse_minute, Digest, Event, EventKind, Heartbeat, Invoice, Location, Minute,
     Outcome,
 };
-pub use history::HistoryRecord;
+pub use history::{DigestPoint, HistoryRecord};
 pub use labels::{ActiveTasks, Continent, ExecutionTime, Magnitude, Memory, TotalTasks};
 pub use operator::{
     operator_payload, read, KeyGrant, Message, Mode, Operator, OperatorKind, Permissions, Target,

@@ -34,6 +34,11 @@ pub const DEFAULT_INSTANCE: &str = "default";
 pub const CONFIG_BUCKET: &str = "truebit-config";
 /// The key of [`CONFIG_BUCKET`] that holds the federation salt.
 pub const SALT_KEY: &str = "salt";
+/// The key of [`CONFIG_BUCKET`] that holds how many stream sequences lie between two digest
+/// points (contract §11): one value for the whole network, as decimal text.
+pub const DIGEST_EVERY_KEY: &str = "digest-every";
+/// `digest-every` when the network has none yet.
+pub const DEFAULT_DIGEST_EVERY: u64 = 10_000;
 
 /// The published history (contract §8): one compact record per snapshot published, the plan's
 /// `network_stats` table, readable by any NATS client.
@@ -54,6 +59,9 @@ pub const HEADER_KEY: &str = "Truebit-Key";
 pub const HEADER_SIGNATURE: &str = "Truebit-Signature";
 /// On every published snapshot: the `serve` instance that published it (contract §9).
 pub const HEADER_INSTANCE: &str = "Truebit-Instance";
+/// On every published snapshot and history record: the state digest (contract §11) at its
+/// `Truebit-Last-Seq`, `<algorithm>:<hex>`.
+pub const HEADER_STATE_DIGEST: &str = "Truebit-State-Digest";
 /// JetStream's deduplication header.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 

@@ -20,6 +20,9 @@ pub const ADMIN_KEYS: &str = "truebit.admin.keys";
 pub const STATS_AGGREGATED: &str = "truebit.stats.aggregated";
 /// Each publish appends a [`crate::HistoryRecord`] here, captured by `TRUEBIT_STATS`.
 pub const STATS_HISTORY: &str = "truebit.stats.history";
+/// Each digest point (contract §11): the leader's state digest at a multiple of the network's
+/// `digest-every`, as a [`crate::DigestPoint`], captured by `TRUEBIT_STATS`.
+pub const STATS_DIGEST: &str = "truebit.stats.digest";
 /// Request-reply: `stats` asks a running `serve` for a snapshot here.
 pub const STATS_QUERY: &str = "truebit.stats.query";
 /// Request-reply: `keys list` asks a running `serve` for the key registry here.

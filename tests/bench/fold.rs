@@ -6,7 +6,8 @@
 //! `serve` makes). It prints the fold rate and the database size after each million events, so
 //! that what a growing database costs the fold shows on its own, apart from the server and the
 //! acks that `pipeline` measures with it. `--run-len` sets the database's run length
-//! (`truebit_projections::Options`), to weigh it against memory.
+//! (`truebit_projections::Options`), to weigh it against memory. `--no-digest` folds without
+//! the state digest (contract §11), to weigh what keeping it costs.
 
 use std::time::{Duration, Instant};
 use truebit_projections::{Input, Options, Projections};
@@ -16,6 +17,7 @@ struct Args {
     tasks: u64,
     commit: usize,
     run_len: u64,
+    digest: bool,
 }
 
 fn args() -> Args {
@@ -23,6 +25,7 @@ fn args() -> Args {
         tasks: 1_000_000,
         commit: 32_768,
         run_len: truebit_projections::DEFAULT_RUN_LEN,
+        digest: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -36,6 +39,7 @@ fn args() -> Args {
             "--tasks" => a.tasks = value(),
             "--commit" => a.commit = value().max(1) as usize,
             "--run-len" => a.run_len = value().max(1),
+            "--no-digest" => a.digest = false,
             _ => {}
         }
     }
@@ -51,6 +55,7 @@ fn main() {
         run_len: args.run_len,
     };
     let db = Projections::open_with(&path, options).unwrap();
+    db.set_digest(args.digest);
     let fleet = Fleet::new(1000, 2026);
     let stored_at = chrono::Utc::now();
 

@@ -24,7 +24,8 @@ fn deploy_config(ws: Option<(u16, &Path, &Path)>) -> String {
     let text = text
         .replace("$AGGREGATOR_PASSWORD", "\"agg-secret\"")
         .replace("$MONITOR_PASSWORD", "\"monitor-secret\"")
-        .replace("$OPERATOR_PASSWORD", "\"operator-secret\"");
+        .replace("$OPERATOR_PASSWORD", "\"operator-secret\"")
+        .replace("$AUDITOR_PASSWORD", "\"auditor-secret\"");
     let mut out = Vec::new();
     let mut in_websocket = 0usize;
     for line in text.lines() {
@@ -214,6 +215,121 @@ async fn nodes_publish_events_and_read_stats_and_nothing_more() {
     aggregator.await.unwrap().unwrap();
 }
 
+/// A third party checks the published numbers as user `auditor` (contract §11): `audit` runs
+/// with it, and it can read the streams but change nothing, not even an aggregator's consumer.
+#[tokio::test]
+async fn an_auditor_audits_with_read_access_and_nothing_more() {
+    let server = NatsServer::start_with_config(&deploy_config(None));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::new(server.url(), dir.path().join("a.redb"));
+    config.publish_interval = Duration::from_millis(200);
+    config.digest_every = Some(5);
+    config.nats.user = Some("aggregator".into());
+    config.nats.password = Some("agg-secret".into());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let aggregator = tokio::spawn(serve(config, async move {
+        let _ = stopped.await;
+    }));
+    let node = jetstream::new(connect(&server, "monitor", "monitor-secret").await);
+    let aggregator_user = connect(&server, "aggregator", "agg-secret").await;
+    common::wait_folded(&aggregator_user, 0).await;
+    let mut last = 0;
+    for i in 0..12 {
+        let body = json!({"version": "1.0", "type": "heartbeat", "timestamp": chrono::Utc::now().to_rfc3339(),
+            "nodeId": format!("node-{i}"), "data": {"continentBucket": "EU"}});
+        last = node
+            .publish(
+                "truebit.heartbeat",
+                serde_json::to_vec(&body).unwrap().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence;
+    }
+    common::wait_folded(&aggregator_user, last).await;
+    common::wait_folded(&aggregator_user, last).await;
+
+    let audit = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_truebit-federation"))
+            .env("NATS_URL", server.url())
+            .env("NATS_USER", "auditor")
+            .env("NATS_PASSWORD", "auditor-secret")
+            .arg("audit")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = audit(&[]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("audit passed"), "{said}");
+
+    let auditor = connect(&server, "auditor", "auditor-secret").await;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(auditor.clone());
+    let mut events = js
+        .get_stream("TRUEBIT_EVENTS")
+        .await
+        .expect("may read the record");
+    assert!(events.info().await.unwrap().state.messages >= 12);
+    assert!(
+        js.publish("truebit.heartbeat", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .is_err(),
+        "may not publish events"
+    );
+    assert!(
+        js.publish("truebit.stats.history", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .is_err(),
+        "may not publish history"
+    );
+    assert!(
+        js.delete_stream("TRUEBIT_STATS").await.is_err(),
+        "may not delete"
+    );
+    assert!(events.purge().await.is_err(), "may not purge");
+    assert!(
+        events.delete_message(1).await.is_err(),
+        "may not delete a message"
+    );
+    let consumer = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("aggregator".into()),
+        ..Default::default()
+    };
+    assert!(
+        events.create_consumer(consumer).await.is_err(),
+        "may not make or change a durable consumer, the aggregator's least of all"
+    );
+    assert!(
+        js.get_key_value("truebit-stats").await.is_err(),
+        "may not open the stats bucket to write it"
+    );
+    let kv = js
+        .get_key_value("truebit-config")
+        .await
+        .expect("may read the settings");
+    assert!(
+        kv.put("digest-every", "7".into()).await.is_err(),
+        "may not change them"
+    );
+
+    let _ = stop.send(());
+    aggregator.await.unwrap().unwrap();
+}
+
 /// Today's monitors connect over `wss://` as user `monitor`: the shipped WebSocket listener with
 /// TLS takes them, and what they publish there is captured like anything else.
 #[tokio::test]
@@ -310,6 +426,7 @@ fn the_cluster_configuration_is_one_nats_server_accepts() {
         .env("AGGREGATOR_PASSWORD", "a")
         .env("MONITOR_PASSWORD", "m")
         .env("OPERATOR_PASSWORD", "o")
+        .env("AUDITOR_PASSWORD", "x")
         .output()
         .unwrap();
     assert!(

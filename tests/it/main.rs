@@ -10,6 +10,7 @@ mod common;
 mod cluster;
 mod dashboard;
 mod deploy;
+mod digest;
 mod ha;
 mod keys;
 mod live;
