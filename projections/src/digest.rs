@@ -542,37 +542,3 @@ mod tests {
         assert_eq!(StateDigest::from_bytes(&d.to_bytes()).unwrap(), d);
     }
 }
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    /// `cargo test --release -p truebit-projections element_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn element_speed() {
-        let n = 200_000u32;
-        let started = std::time::Instant::now();
-        let mut sum = LtHash::identity();
-        for i in 0..n {
-            sum.mix("tasks", &[i as u8; 32], &i.to_le_bytes().repeat(20), true);
-        }
-        let each = started.elapsed().as_secs_f64() / n as f64;
-        eprintln!(
-            "{:.0} ns per element (added), {}",
-            each * 1e9,
-            hex(&sum.checksum())
-        );
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 2048];
-        let mut x = 0u8;
-        for i in 0..n {
-            let mut h = blake3::Hasher::new();
-            h.update(&i.to_le_bytes());
-            h.finalize_xof().fill(&mut buf);
-            x ^= buf[7];
-        }
-        let each = started.elapsed().as_secs_f64() / n as f64;
-        eprintln!("{:.0} ns per 2 KiB XOF alone ({x})", each * 1e9);
-    }
-}
