@@ -498,11 +498,16 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    step_signed_by(|| (0usize..6).boxed())
+}
+
+/// The steps, with the signer of each operator event drawn from `by`.
+fn step_signed_by(by: impl Fn() -> BoxedStrategy<usize>) -> impl Strategy<Value = Step> {
     prop_oneof![
-        2 => (0usize..4, proptest::option::of(0usize..2), any::<bool>(), any::<bool>(), 1u32..4, 0usize..6)
+        2 => (0usize..4, proptest::option::of(0usize..2), any::<bool>(), any::<bool>(), 1u32..4, by())
             .prop_map(|(key, bound, publish, admin, rate, by)| Step::Issue { key, bound, publish, admin, rate, by }),
-        1 => (0usize..4, 0usize..6).prop_map(|(key, by)| Step::Revoke { key, by }),
-        1 => (0usize..3, 0usize..6).prop_map(|(mode, by)| Step::Mode { mode, by }),
+        1 => (0usize..4, by()).prop_map(|(key, by)| Step::Revoke { key, by }),
+        1 => (0usize..3, by()).prop_map(|(mode, by)| Step::Mode { mode, by }),
         1 => Just(Step::Again),
         8 => (0usize..6, proptest::bool::weighted(0.1), 0usize..2, prop_oneof![4 => Just(0i64), 1 => 1i64..3])
             .prop_map(|(signer, forged, node, later)| Step::Message { signer, forged, node, later }),
@@ -622,16 +627,7 @@ proptest! {
 /// [`step`], with most operator events signed by the root key, so that keys get issued and the
 /// mode changes often enough for the admission rules to see signed messages.
 fn rooted_step() -> impl Strategy<Value = Step> {
-    let by = || prop_oneof![3 => Just(4usize), 1 => 0usize..6];
-    prop_oneof![
-        2 => (0usize..4, proptest::option::of(0usize..2), any::<bool>(), any::<bool>(), 1u32..4, by())
-            .prop_map(|(key, bound, publish, admin, rate, by)| Step::Issue { key, bound, publish, admin, rate, by }),
-        1 => (0usize..4, by()).prop_map(|(key, by)| Step::Revoke { key, by }),
-        1 => (0usize..3, by()).prop_map(|(mode, by)| Step::Mode { mode, by }),
-        1 => Just(Step::Again),
-        8 => (0usize..6, proptest::bool::weighted(0.1), 0usize..2, prop_oneof![4 => Just(0i64), 1 => 1i64..3])
-            .prop_map(|(signer, forged, node, later)| Step::Message { signer, forged, node, later }),
-    ]
+    step_signed_by(|| prop_oneof![3 => Just(4usize), 1 => 0usize..6].boxed())
 }
 
 /// The steps as the stream would store them: real payloads, signed by real keys (or forged: a
