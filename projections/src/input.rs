@@ -245,8 +245,13 @@ pub fn inputs(stored: Vec<Stored>, checks: Checks) -> Vec<Input> {
 }
 
 fn read_chunk(stored: Vec<Stored>, checks: Checks) -> Vec<Input> {
-    let checked_ahead =
-        |m: &Stored| checks == Checks::Ahead || m.subject.starts_with(subjects::ADMIN_PREFIX);
+    // A message without signature headers is decided as unsigned at no cost: deferring it would
+    // only keep its bytes alive until the commit.
+    let checked_ahead = |m: &Stored| {
+        checks == Checks::Ahead
+            || m.subject.starts_with(subjects::ADMIN_PREFIX)
+            || (m.key.is_none() && m.signature.is_none())
+    };
     let messages: Vec<_> = stored
         .iter()
         .filter(|m| checked_ahead(m))
