@@ -338,7 +338,8 @@ fn unsigned_measures(
 fn table(rt: &tokio::runtime::Runtime, args: &Args) {
     let one = |events: u64| format!("{:.1}M tasks", events as f64 / EVENTS_PER_TASK / 1e6);
     let mut rows: Vec<(String, String)> = Vec::new();
-    let mib = |kib: u64| kib as f64 / 1024.0;
+    let with_rss =
+        |ratio: f64, kib: u64| format!("**{ratio:.2} ×**, peak RSS {:.1} MiB", kib as f64 / 1024.0);
 
     println!("== unsigned, {}", one(args.events));
     let server = NatsServer::start();
@@ -362,19 +363,11 @@ fn table(rt: &tokio::runtime::Runtime, args: &Args) {
     ));
     rows.push((
         format!("`serve`, {}", one(args.events)),
-        format!(
-            "**{:.2} ×**, peak RSS {:.1} MiB",
-            u.serve / u.raw,
-            mib(u.serve_rss_kib)
-        ),
+        with_rss(u.serve / u.raw, u.serve_rss_kib),
     ));
     rows.push((
         format!("`serve`, signed, `enforce`, {}", one(args.events)),
-        format!(
-            "**{:.2} ×**, peak RSS {:.1} MiB",
-            s.enforce / s.raw,
-            mib(s.enforce_rss_kib)
-        ),
+        with_rss(s.enforce / s.raw, s.enforce_rss_kib),
     ));
     rows.push((
         format!("`serve`, signed, `open`, {}", one(args.events)),
@@ -426,11 +419,7 @@ fn table(rt: &tokio::runtime::Runtime, args: &Args) {
         ));
         rows.push((
             format!("`serve`, {}", one(args.big_events)),
-            format!(
-                "**{:.2} ×**, peak RSS {:.1} MiB",
-                b.serve / b.raw,
-                mib(b.serve_rss_kib)
-            ),
+            with_rss(b.serve / b.raw, b.serve_rss_kib),
         ));
         rows.push((
             format!("`replay`, {}", one(args.big_events)),
