@@ -42,18 +42,6 @@ fn audit_ok(url: &str, args: &[&str]) -> String {
     text(&out)
 }
 
-fn heartbeats(node: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|_| {
-            common::msg(
-                "truebit.heartbeat",
-                json!({"version": "1.0", "type": "heartbeat", "timestamp": chrono::Utc::now().to_rfc3339(),
-                       "nodeId": node, "data": {"status": "online"}}),
-            )
-        })
-        .collect()
-}
-
 fn fleet(tasks: u64, seed: u64) -> Vec<(String, Vec<u8>)> {
     Fleet::new(12, seed)
         .generate(tasks)
@@ -138,7 +126,7 @@ async fn an_honest_network_audits_clean_from_a_checkpoint_and_from_the_start() {
     assert_eq!(at % 50, 0, "a checkpoint is taken at a digest point: {at}");
     wait_for_point(&served.js, at).await;
     // Folded further: the newest history record lies past the checkpoint.
-    let newest = served.publish(&heartbeats("node-late", 7)).await;
+    let newest = served.publish(&common::heartbeats("node-late", 7)).await;
     served.wait_folded(newest).await;
     served.wait_folded(newest).await;
 
@@ -247,7 +235,7 @@ async fn a_database_altered_before_its_publish_is_caught() {
     served.stop().await.unwrap();
     tamper_with_events(&served.db_path, 1000);
     served.serve();
-    let last = served.publish(&heartbeats("node-x", 5)).await;
+    let last = served.publish(&common::heartbeats("node-x", 5)).await;
     served.wait_folded(last).await;
     served.wait_folded(last).await;
     served.stop().await.unwrap();
@@ -332,7 +320,7 @@ async fn an_instance_whose_database_was_altered_counts_a_mismatch_and_names_the_
         "a"
     );
     let (b, mut b_log) = instance(&url, dir.path(), "b", "127.0.0.1:0");
-    let last = common::publish(&js, &heartbeats("node-1", 25)).await;
+    let last = common::publish(&js, &common::heartbeats("node-1", 25)).await;
     wait_for_point(&js, 20).await;
     // Both compared the points they folded, and agreed.
     wait_for_line(&mut b_log, &["agrees", "seq=20"]).await;
@@ -349,7 +337,7 @@ async fn an_instance_whose_database_was_altered_counts_a_mismatch_and_names_the_
         .port();
     let (b, mut b_log) = instance(&url, dir.path(), "b", &format!("127.0.0.1:{port}"));
     let base = format!("http://127.0.0.1:{port}");
-    let more = common::publish(&js, &heartbeats("node-1", 20)).await;
+    let more = common::publish(&js, &common::heartbeats("node-1", 20)).await;
     assert!(more >= last + 20);
     let line = wait_for_line(&mut b_log, &["differs from the published digest point"]).await;
     assert!(line.contains("tables=events"), "{line}");

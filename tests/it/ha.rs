@@ -8,7 +8,6 @@ use crate::common;
 use crate::common::process::{command, spawn_serve_with};
 use async_nats::jetstream;
 use futures::StreamExt;
-use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use truebit_projections::Projections;
@@ -44,18 +43,6 @@ fn instance_with_log(
         }
     });
     (child, rx)
-}
-
-fn heartbeats(node: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|_| {
-            common::msg(
-                "truebit.heartbeat",
-                json!({"version": "1.0", "type": "heartbeat", "timestamp": chrono::Utc::now().to_rfc3339(),
-                       "nodeId": node, "data": {"status": "online"}}),
-            )
-        })
-        .collect()
 }
 
 /// The next snapshot published, with the instance that published it and its last sequence.
@@ -96,7 +83,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
     let (first, _) = next_snapshot(&mut snapshots, patience()).await;
     assert_eq!(first, "a", "the only instance leads");
     let b = instance(&url, dir.path(), "b", 1);
-    let mut traffic = heartbeats("node-1", 50);
+    let mut traffic = common::heartbeats("node-1", 50);
     traffic.extend((0..5).map(|i| {
         (
             "truebit.heartbeat".to_string(),
@@ -134,7 +121,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_restarted_one_stays_s
     assert_eq!(holder(&js).await.as_deref(), Some("b"));
 
     // More traffic, a restarted a: it catches up as a standby and publishes nothing.
-    let mut traffic = heartbeats("node-2", 30);
+    let mut traffic = common::heartbeats("node-2", 30);
     traffic.extend((0..5).map(|i| {
         (
             "truebit.heartbeat".to_string(),
@@ -202,7 +189,7 @@ async fn a_leader_paused_past_its_lease_does_not_publish_when_it_wakes() {
     let a = instance(&url, dir.path(), "a", 3);
     assert_eq!(next_snapshot(&mut snapshots, patience()).await.0, "a");
     let b = instance(&url, dir.path(), "b", 3);
-    let last = common::publish(&js, &heartbeats("node-1", 10)).await;
+    let last = common::publish(&js, &common::heartbeats("node-1", 10)).await;
     common::wait_folded(&client, last).await;
 
     signal(&a, SIGSTOP);
@@ -265,7 +252,7 @@ async fn a_leader_cut_off_by_a_partition_cannot_move_the_numbers_back() {
     let (mut a, mut a_log) = instance_with_log(&proxy.url(), dir.path(), "a", 1, 1000);
     assert_eq!(next(next_snapshot(&mut snapshots, patience()).await).0, "a");
     let b = instance(&url, dir.path(), "b", 1);
-    let before = common::publish(&js, &heartbeats("node-1", 10)).await;
+    let before = common::publish(&js, &common::heartbeats("node-1", 10)).await;
     let deadline = patience();
     while next(next_snapshot(&mut snapshots, deadline).await).1 < before {}
 
@@ -290,7 +277,7 @@ async fn a_leader_cut_off_by_a_partition_cannot_move_the_numbers_back() {
     // Cut a off right after one of its snapshots, so that the next one is in its hands.
     while next(next_snapshot(&mut snapshots, patience()).await).0 != "a" {}
     proxy.hold();
-    let newer = common::publish(&js, &heartbeats("node-2", 10)).await;
+    let newer = common::publish(&js, &common::heartbeats("node-2", 10)).await;
     let deadline = patience();
     loop {
         let (who, seq) = next(next_snapshot(&mut snapshots, deadline).await);

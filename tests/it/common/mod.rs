@@ -189,6 +189,19 @@ pub fn msg(subject: &str, body: serde_json::Value) -> (String, Vec<u8>) {
     (subject.to_string(), serde_json::to_vec(&body).unwrap())
 }
 
+/// `n` heartbeats of `node`, stamped now.
+pub fn heartbeats(node: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|_| {
+            msg(
+                "truebit.heartbeat",
+                serde_json::json!({"version": "1.0", "type": "heartbeat", "timestamp": chrono::Utc::now().to_rfc3339(),
+                       "nodeId": node, "data": {"status": "online"}}),
+            )
+        })
+        .collect()
+}
+
 pub fn hash(n: u64) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(n.to_le_bytes())
