@@ -223,7 +223,7 @@ thread_local! {
 /// of a message and need nothing but the message. Threads that live on keep their decoded keys
 /// and their allocator arenas, where threads started for each batch paid for both again.
 pub fn inputs(stored: Vec<Stored>, checks: Checks) -> Vec<Input> {
-    // One chunk per thread: the batch equation's gain grows with the batch (about 2× at 128
+    // One chunk per thread: the batch equation's gain grows with the batch (1.8× at 128
     // messages, 2.6× at 2,048: `cargo bench --bench signatures`).
     let chunk = stored
         .len()
