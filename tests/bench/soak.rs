@@ -13,6 +13,10 @@
 //!
 //! It asserts nothing about speed. It exits non-zero when a process died or when, drained at the
 //! end, an instance had not folded every stored message.
+//!
+//! `SOAK_SERVE_BIN=PATH` starts the `serve` instances from another program that takes the same
+//! arguments: another build, or `tests/bench/heaptrack.sh`, which runs this build under
+//! heaptrack's allocation tracer (`HEAPTRACK_OUT=DIR`) for a profile of where the memory is.
 
 use plotters::prelude::*;
 use std::io::{Read as _, Write as _};
@@ -249,8 +253,9 @@ fn free_port() -> u16 {
 fn start_serve(name: &'static str, url: &str, dir: &Path, out: &Path) -> Instance {
     let http = format!("127.0.0.1:{}", free_port());
     let db = dir.join(format!("{name}.redb"));
+    let bin = std::env::var_os("SOAK_SERVE_BIN").unwrap_or_else(|| BIN.into());
     let process = Reaped(
-        Command::new(BIN)
+        Command::new(bin)
             .arg("serve")
             .env("NATS_URL", url)
             .env("DB_PATH", &db)
