@@ -42,8 +42,9 @@ fn args() -> Args {
     let mut a = Args {
         minutes: 60,
         nodes: 5_000,
-        // 5,000 tasks a minute: the database passes redb's 32 MiB cache within half an hour,
-        // so that the hour shows memory level off once the cache is full.
+        // 5,000 tasks a minute: within the hour the database passes redb's 32 MiB cache and
+        // the task index reaches its largest table; the invoices' reaches it at about minute
+        // 77, so `--tasks-per-node-per-minute 5` is what shows memory level off in 45 minutes.
         tasks_per_node_per_minute: 1.0,
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/soak"),
     };

@@ -3,10 +3,10 @@
 //! An LtHash element is BLAKE3's extendable output of 2048 bytes: 32 output blocks, each one
 //! compression of the same root block under its own counter. The `blake3` crate (1.8) computes
 //! them in parallel only with AVX-512; on a machine with AVX2 alone it compresses them one at a
-//! time: 2.5-3.5 µs an element with the lanes added on this project's benchmark machine, about
-//! half of what the fold spends on an event. Here the 32 blocks are compressed eight at a time
-//! in AVX2 registers and added into the lanes in place: about 1.1 µs (timed in a loop; the
-//! benchmarks' README has what it does to the fold's rate).
+//! time: 2.5-3.7 µs an element on this project's benchmark machine, about half of what the
+//! fold spends on an event. Here the 32 blocks are compressed eight at a time in AVX2
+//! registers and added into the lanes in place: 1.0-1.6 µs (both timed in a loop beside a
+//! soak; the benchmarks' README has what it does to the fold's rate).
 //!
 //! Only the output is computed here, and only for an input of one chunk (1024 bytes, every
 //! record this project hashes but a very large counters row); anything else, and every machine
