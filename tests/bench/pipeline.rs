@@ -26,7 +26,12 @@
 //!
 //! `PIPELINE_BIN=PATH` measures another build of the binary (an older commit, say) over the same
 //! streams; `PIPELINE_PERF=DIR` records a CPU profile of each `serve` catch-up (Debian's
-//! `linux-perf`) and prints its top frames.
+//! `linux-perf`) and prints its top frames; with `PIPELINE_PERF_GRAPH=1` it records `serve`'s
+//! call graphs instead (`perf report -G -i` the file), to find who calls a hot frame.
+//!
+//! `--against PATH` measures this build and another turn about on one stream, twice each, each
+//! beside a raw rate taken just before it: on a shared host whose speed drifts, the way to
+//! compare two builds.
 //!
 //! `--signed` makes every node sign every message with a key of its own (contract §7), issued
 //! and bound to its nodeId by operator events at the head of the stream, which then switch the
@@ -82,6 +87,8 @@ struct Args {
     /// Where `--table` keeps the large run's stream, so that a second table run reuses it.
     store: Option<std::path::PathBuf>,
     no_digest: bool,
+    /// Another build to measure turn about with this one on the same stream.
+    against: Option<std::path::PathBuf>,
 }
 
 fn args() -> Args {
@@ -93,6 +100,7 @@ fn args() -> Args {
         big_events: 32_000_000,
         store: None,
         no_digest: false,
+        against: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -109,6 +117,7 @@ fn args() -> Args {
             "--events" => a.events = number(value()),
             "--big-events" => a.big_events = number(value()),
             "--store" => a.store = Some(value().into()),
+            "--against" => a.against = Some(value().into()),
             "--signed" => a.signed = true,
             "--cluster" => a.cluster = true,
             "--table" => a.table = true,
@@ -154,7 +163,9 @@ fn main() {
     if args.cluster {
         println!("cluster    three nats-servers on 127.0.0.1, REPLICAS=3");
     }
-    if args.signed {
+    if let Some(other) = &args.against {
+        against(&rt, &server, args.events, other);
+    } else if args.signed {
         signed_run(&rt, &server, args.events);
     } else {
         unsigned_run(&rt, &server, args.events, Extras::All);
@@ -180,6 +191,43 @@ fn raw(rt: &tokio::runtime::Runtime, server: &Target, events: u64) -> f64 {
     let raw = rt.block_on(raw_consume(server, events, AckPolicy::All));
     println!("raw        {raw:>9.0} events/s  (pull consumer, one ack per 1000-message batch)");
     raw
+}
+
+/// `--against PATH`: this build and another measured turn about, twice each, on one stream,
+/// each `serve` and `replay` beside a raw rate taken just before it. On a machine whose speed
+/// drifts from minute to minute (a shared host), runs of the two builds minutes apart differ
+/// by more than a change does; turns a minute apart, each against its own yardstick, do not.
+fn against(rt: &tokio::runtime::Runtime, server: &Target, events: u64, other: &std::path::Path) {
+    let events = filled(rt, server, events, None);
+    let this = binary();
+    let mut ratios: Vec<(&str, f64, f64)> = Vec::new();
+    for round in 1..=2 {
+        for (name, bin) in [("this", this.as_path()), ("other", other)] {
+            let raw = raw(rt, server, events);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("against.redb");
+            let (serve, rss_kib) = serve_catch_up_with(bin, server, events, &path, "all", &[]);
+            let replay = replay_rate_with(bin, server, events);
+            println!(
+                "{name:<6} {round}   serve {serve:>7.0}/s {:.2} x raw, peak RSS {:.1} MiB; replay {replay:>7.0}/s {:.2} x raw  ({})",
+                serve / raw,
+                rss_kib as f64 / 1024.0,
+                replay / raw,
+                bin.display()
+            );
+            ratios.push((name, serve / raw, replay / raw));
+        }
+    }
+    for name in ["this", "other"] {
+        let mine: Vec<_> = ratios.iter().filter(|r| r.0 == name).collect();
+        let mean =
+            |f: fn(&&(&str, f64, f64)) -> f64| mine.iter().map(f).sum::<f64>() / mine.len() as f64;
+        println!(
+            "{name:<6} mean serve {:.2} x raw, replay {:.2} x raw",
+            mean(|r| r.1),
+            mean(|r| r.2)
+        );
+    }
 }
 
 /// What a signed run measured.
@@ -621,8 +669,19 @@ fn serve_catch_up(
     ack_policy: &str,
     env: &[(&str, String)],
 ) -> (f64, u64) {
+    serve_catch_up_with(&binary(), server, events, db_path, ack_policy, env)
+}
+
+fn serve_catch_up_with(
+    bin: &std::path::Path,
+    server: &Target,
+    events: u64,
+    db_path: &std::path::Path,
+    ack_policy: &str,
+    env: &[(&str, String)],
+) -> (f64, u64) {
     let mut child = Reaped(
-        Command::new(binary())
+        Command::new(bin)
             .arg("serve")
             .env("NATS_URL", server.url())
             .env("DB_PATH", db_path)
@@ -647,9 +706,18 @@ fn serve_catch_up(
         std::fs::create_dir_all(&dir).unwrap();
         let name = db_path.file_stem().unwrap().to_string_lossy().to_string();
         let data = dir.join(format!("{name}.perf.data"));
+        // PIPELINE_PERF_GRAPH=1 records serve's call graphs instead (DWARF unwinding, at a
+        // lower rate: each sample copies a stack), to find who calls a hot frame.
+        let graph = std::env::var_os("PIPELINE_PERF_GRAPH").is_some();
+        let mut perf = Command::new("perf");
+        if graph {
+            perf.args(["record", "--call-graph", "dwarf,32768", "-F", "199"])
+                .args(["-p", &child.id().to_string()]);
+        } else {
+            perf.args(["record", "-a", "-F", "999"]);
+        }
         let perf = Reaped(
-            Command::new("perf")
-                .args(["record", "-a", "-F", "999", "-o"])
+            perf.arg("-o")
                 .arg(&data)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -719,9 +787,13 @@ fn serve_catch_up(
 
 /// Runs the release `replay --output` over the full stream; its rate as it reports it.
 fn replay_rate(server: &Target, events: u64) -> f64 {
+    replay_rate_with(&binary(), server, events)
+}
+
+fn replay_rate_with(bin: &std::path::Path, server: &Target, events: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("rebuilt.redb");
-    let out = Command::new(binary())
+    let out = Command::new(bin)
         .args(["replay", "--output"])
         .arg(&output)
         .env("NATS_URL", server.url())
