@@ -7,10 +7,13 @@
 //! the fold, in stream order.
 
 use crate::names::{HEADER_KEY, HEADER_SIGNATURE};
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use data_encoding::BASE64URL_NOPAD;
-use ed25519_zebra::{batch, VerificationKey, VerificationKeyBytes};
+use ed25519_zebra::VerificationKey;
 use nkeys::KeyPair;
 use std::collections::HashMap;
+
+mod batch;
 
 /// An nkey public key of a user (`U…`), as it travels and as the registry stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,8 +155,10 @@ pub struct Verifier {
 #[derive(Clone)]
 struct Decoded {
     public: PublicKey,
-    bytes: VerificationKeyBytes,
+    bytes: [u8; 32],
     key: Option<VerificationKey>,
+    /// The key's point, for the batch equation ([`batch`]); present exactly when `key` is.
+    point: Option<EdwardsPoint>,
 }
 
 /// What a message's headers show before its signature is checked.
@@ -203,35 +208,44 @@ impl Verifier {
     /// when it fails is each checked alone, to find which.
     pub fn check_all(&mut self, messages: &[Signed<'_>]) -> Vec<Signer> {
         let mut out: Vec<Option<Signer>> = Vec::with_capacity(messages.len());
-        let mut pending: Vec<(usize, PublicKey, batch::Item)> = Vec::new();
+        let mut pending: Vec<(usize, Decoded, ed25519::Signature, Vec<u8>)> = Vec::new();
         for &(subject, payload, key, signature) in messages {
             match self.headers(key, signature) {
                 Headers::Decided(signer) => out.push(Some(signer)),
                 Headers::Check(decoded, signature) => {
-                    let item = batch::Item::from((
-                        decoded.bytes,
-                        signature,
-                        &signed_bytes(subject, payload),
-                    ));
-                    pending.push((out.len(), decoded.public.clone(), item));
+                    let bytes = signed_bytes(subject, payload);
+                    pending.push((out.len(), decoded.clone(), signature, bytes));
                     out.push(None);
                 }
             }
         }
+        let signatures: Vec<[u8; 64]> = pending.iter().map(|p| p.2.to_bytes()).collect();
         let all_good = match pending.len() {
             0 => true,
             1 => false, // one alone is checked alone, below
             _ => {
-                let mut together = batch::Verifier::new();
-                for (_, _, item) in &pending {
-                    together.queue(item.clone());
-                }
-                together.verify(rand_core::OsRng).is_ok()
+                // A key that is no point forges every signature: no equation can hold.
+                let entries: Option<Vec<batch::Entry<'_>>> = pending
+                    .iter()
+                    .zip(&signatures)
+                    .map(|((_, decoded, _, message), signature)| {
+                        Some(batch::Entry {
+                            key: &decoded.bytes,
+                            point: decoded.point.as_ref()?,
+                            signature,
+                            message,
+                        })
+                    })
+                    .collect();
+                entries.is_some_and(|entries| batch::holds(&entries, &mut rand_core::OsRng))
             }
         };
-        for (i, public, item) in pending {
-            let verified = all_good || item.verify_single().is_ok();
-            out[i] = Some(verdict(public, verified));
+        for (i, decoded, signature, bytes) in pending {
+            let verified = all_good
+                || decoded
+                    .key
+                    .is_some_and(|k| k.verify(&signature, &bytes).is_ok());
+            out[i] = Some(verdict(decoded.public, verified));
         }
         out.into_iter()
             .map(|s| s.expect("every message decided"))
@@ -290,11 +304,16 @@ impl Verifier {
 fn decode(key: &str) -> Option<Decoded> {
     let public = PublicKey::parse(key)?;
     let (_, raw) = nkeys::from_public_key(key).ok()?;
+    // A key that is no point on the curve verifies nothing: every signature is forged.
+    let key = VerificationKey::try_from(raw).ok();
+    let point = key
+        .as_ref()
+        .and_then(|_| CompressedEdwardsY(raw).decompress());
     Some(Decoded {
         public,
-        bytes: VerificationKeyBytes::from(raw),
-        // A key that is no point on the curve verifies nothing: every signature is forged.
-        key: VerificationKey::try_from(raw).ok(),
+        bytes: raw,
+        key,
+        point,
     })
 }
 
