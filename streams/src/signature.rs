@@ -219,7 +219,6 @@ impl Verifier {
                 }
             }
         }
-        let signatures: Vec<[u8; 64]> = pending.iter().map(|p| p.2.to_bytes()).collect();
         let all_good = match pending.len() {
             0 => true,
             1 => false, // one alone is checked alone, below
@@ -227,12 +226,11 @@ impl Verifier {
                 // A key that is no point forges every signature: no equation can hold.
                 let entries: Option<Vec<batch::Entry<'_>>> = pending
                     .iter()
-                    .zip(&signatures)
-                    .map(|((_, decoded, _, message), signature)| {
+                    .map(|(_, decoded, signature, message)| {
                         Some(batch::Entry {
                             key: &decoded.bytes,
                             point: decoded.point.as_ref()?,
-                            signature,
+                            signature: signature.to_bytes(),
                             message,
                         })
                     })

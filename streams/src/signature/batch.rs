@@ -26,7 +26,7 @@ use std::collections::HashMap;
 pub(crate) struct Entry<'a> {
     pub key: &'a [u8; 32],
     pub point: &'a EdwardsPoint,
-    pub signature: &'a [u8; 64],
+    pub signature: [u8; 64],
     pub message: &'a [u8],
 }
 
@@ -118,7 +118,7 @@ mod tests {
             .map(|(key, point, signature, message)| Entry {
                 key,
                 point,
-                signature,
+                signature: *signature,
                 message,
             })
             .collect()
